@@ -1,0 +1,152 @@
+/* ops.h - the op interface every backend implements; model code is written once against it.
+ *
+ * Conventions (all backends):
+ * - Activations are F32 tensors, contiguous, rows first ([n, features]). Index tensors
+ *   (tokens, positions, slots, lengths) are I32. Every tensor argument lives in the backend's
+ *   memory; upload/download move bytes across.
+ * - Nothing that changes from one decoder step to the next is passed by value: positions,
+ *   lengths and slots are tensors, so a step can be captured whole (CUDA graphs) and replayed
+ *   after the host rewrites those small tensors with eng_upload().
+ * - Ops are asynchronous on backends that can be (CUDA: one stream, in order); eng_sync() waits.
+ *   On the CPU they are synchronous and multithreaded where it matters (linear, conv).
+ * - Each op returns 0 or a negative ENG_E* code; the backend's errstr says what failed.
+ * - The CPU implementation is the reference: plain, readable, f32 accumulation.
+ */
+#ifndef VOXQ_ENGINE_OPS_H
+#define VOXQ_ENGINE_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/error.h"
+#include "engine/tensor.h"
+
+typedef struct eng_backend eng_backend;
+
+typedef enum eng_backend_kind { ENG_BACKEND_CPU = 1, ENG_BACKEND_CUDA = 2 } eng_backend_kind;
+
+/* A key/value store for attention: K and V of `slots` sequences, each up to `max_len`
+ * positions of `heads` x `head_dim` values, element (slot, pos, head, d) at
+ * ((slot * max_len + pos) * heads + head) * head_dim + d. dtype is F32 on the CPU; a backend may
+ * use BF16. A pair of contiguous [B, S, H, hd] tensors is a store with slots = B, max_len = S. */
+typedef struct eng_kv {
+    void *k;
+    void *v;
+    eng_dtype dtype;
+    int slots;
+    int max_len;
+    int heads;
+    int head_dim;
+} eng_kv;
+
+/* Backend memory statistics, in bytes. */
+typedef struct eng_mem_stats {
+    size_t allocated;      /* live bytes allocated through this backend */
+    size_t peak;           /* high-water mark of `allocated` */
+    size_t device_total;   /* 0 on the CPU */
+    size_t device_free;    /* 0 on the CPU */
+} eng_mem_stats;
+
+typedef struct eng_backend_ops {
+    const char *name;
+    void (*destroy)(eng_backend *be);
+
+    /* Memory. */
+    int (*alloc)(eng_backend *be, size_t bytes, void **out);
+    void (*free)(eng_backend *be, void *ptr);
+    int (*upload)(eng_backend *be, void *dst, const void *src, size_t bytes);
+    int (*download)(eng_backend *be, void *dst, const void *src, size_t bytes);
+    int (*copy)(eng_backend *be, void *dst, const void *src, size_t bytes);
+    int (*memset0)(eng_backend *be, void *dst, size_t bytes);
+    int (*sync)(eng_backend *be);
+    void (*mem_stats)(eng_backend *be, eng_mem_stats *out);
+
+    /* Makes a weight usable by this backend from a host weight (pointers into an mmap). The CPU
+     * backend may alias the host bytes; CUDA copies to the device (and may convert f32 to bf16).
+     * Release with weight_release. */
+    int (*weight_load)(eng_backend *be, const eng_weight *host, eng_weight *out);
+    void (*weight_release)(eng_backend *be, eng_weight *w);
+
+    /* y[n, out] = x[n, in] . W^T */
+    int (*linear)(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w);
+    /* y[n, d] = x / sqrt(mean(x^2) + eps) * weight[d] (weight F32) ; y may alias x */
+    int (*rmsnorm)(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *weight,
+                   float eps);
+    /* y += a (same shape) */
+    int (*add)(eng_backend *be, eng_tensor *y, const eng_tensor *a);
+    /* Half-split RoPE in place on x[n, heads, head_dim] at positions pos[n] (I32). */
+    int (*rope)(eng_backend *be, eng_tensor *x, const eng_tensor *pos, float theta);
+    /* y[n, f] = silu(gu[n, 0:f]) * gu[n, f:2f] (gate first, then up) */
+    int (*silu_mul)(eng_backend *be, eng_tensor *y, const eng_tensor *gu);
+    /* y[n, d] = sum_c table[c * channel_stride + ids[n, c]] over the C columns of ids (I32);
+     * table is F32 or BF16 [rows, d]. C = 1, channel_stride = 0 is a plain embedding lookup.
+     * An id out of [0, channel_stride) (or [0, rows) when C = 1) is an error. */
+    int (*embed_sum)(eng_backend *be, eng_tensor *y, const eng_tensor *table,
+                     const eng_tensor *ids, int channel_stride);
+
+    /* Writes k[n, heads, hd] and v[n, heads, hd] into the store at (slot[i], pos[i]). */
+    int (*kv_write)(eng_backend *be, eng_kv *kv, const eng_tensor *slot, const eng_tensor *pos,
+                    const eng_tensor *k, const eng_tensor *v);
+    /* Attention of q[n, qh, hd] over the store: row i attends to positions 0..len[i]-1 of slot
+     * slot[i] (skipping positions where key_mask[slot * max_len + pos] == 0 when key_mask, U8,
+     * is given), with query head h using KV head h / (qh / kv->heads). out[n, qh, hd].
+     * Softmax in f32. Causal decoding is len = pos + 1; the encoder is len = S with a mask. */
+    int (*attention)(eng_backend *be, eng_tensor *out, const eng_tensor *q, const eng_kv *kv,
+                     const eng_tensor *slot, const eng_tensor *len, const eng_tensor *key_mask,
+                     float scale);
+
+    /* Audio codec ops on [channels, time] F32 tensors (batch 1). Weights F32.
+     * conv1d: w [cout, cin, k], bias [cout]; y[o][t] = b[o] + sum w[o][i][j] x[i][t*1 + dil*j - pad]
+     * with zero padding; y is [cout, tin + 2*pad - dil*(k-1)]. */
+    int (*conv1d)(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *w,
+                  const eng_tensor *bias, int dilation, int padding);
+    /* conv_transpose1d: w [cin, cout, k], bias [cout]; full[o][t*stride + j] += x[i][t] w[i][o][j],
+     * then `padding` samples dropped at each end; y is [cout, (tin-1)*stride - 2*pad + k]. */
+    int (*conv_transpose1d)(eng_backend *be, eng_tensor *y, const eng_tensor *x,
+                            const eng_tensor *w, const eng_tensor *bias, int stride, int padding);
+    /* y = x + 1/(alpha[c] + 1e-9) * sin(alpha[c] * x)^2 per channel row; y may alias x. */
+    int (*snake)(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *alpha);
+    /* y = tanh(x); y may alias x. */
+    int (*tanh_)(eng_backend *be, eng_tensor *y, const eng_tensor *x);
+} eng_backend_ops;
+
+struct eng_backend {
+    const eng_backend_ops *ops;
+    eng_backend_kind kind;
+    int nthreads;          /* CPU worker threads (CPU backend) */
+    int err;
+    char errstr[256];
+    void *impl;
+};
+
+/* The CPU backend with `nthreads` worker threads (0 = number of online CPUs). */
+int eng_backend_cpu_new(eng_backend **out, int nthreads, eng_error *err);
+/* The CUDA backend on device `device`; ENG_EUNSUPPORTED when built without CUDA or no GPU. */
+int eng_backend_cuda_new(eng_backend **out, int device, eng_error *err);
+/* "auto" (CUDA when a GPU is present, else CPU), "cuda" or "cpu". */
+int eng_backend_new(eng_backend **out, const char *which, int nthreads, eng_error *err);
+void eng_backend_free(eng_backend *be);
+
+/* Thin wrappers so model code reads as math. */
+static inline int eng_alloc(eng_backend *be, size_t n, void **out) { return be->ops->alloc(be, n, out); }
+static inline void eng_free(eng_backend *be, void *p) { if (p) be->ops->free(be, p); }
+static inline int eng_upload(eng_backend *be, void *d, const void *s, size_t n) { return be->ops->upload(be, d, s, n); }
+static inline int eng_download(eng_backend *be, void *d, const void *s, size_t n) { return be->ops->download(be, d, s, n); }
+static inline int eng_sync(eng_backend *be) { return be->ops->sync(be); }
+static inline int eng_linear(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w) { return be->ops->linear(be, y, x, w); }
+static inline int eng_rmsnorm(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *w, float eps) { return be->ops->rmsnorm(be, y, x, w, eps); }
+static inline int eng_add(eng_backend *be, eng_tensor *y, const eng_tensor *a) { return be->ops->add(be, y, a); }
+static inline int eng_rope(eng_backend *be, eng_tensor *x, const eng_tensor *pos, float theta) { return be->ops->rope(be, x, pos, theta); }
+static inline int eng_silu_mul(eng_backend *be, eng_tensor *y, const eng_tensor *gu) { return be->ops->silu_mul(be, y, gu); }
+static inline int eng_embed_sum(eng_backend *be, eng_tensor *y, const eng_tensor *t, const eng_tensor *ids, int stride) { return be->ops->embed_sum(be, y, t, ids, stride); }
+static inline int eng_kv_write(eng_backend *be, eng_kv *kv, const eng_tensor *slot, const eng_tensor *pos, const eng_tensor *k, const eng_tensor *v) { return be->ops->kv_write(be, kv, slot, pos, k, v); }
+static inline int eng_attention(eng_backend *be, eng_tensor *o, const eng_tensor *q, const eng_kv *kv, const eng_tensor *slot, const eng_tensor *len, const eng_tensor *mask, float scale) { return be->ops->attention(be, o, q, kv, slot, len, mask, scale); }
+static inline int eng_conv1d(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *w, const eng_tensor *b, int dil, int pad) { return be->ops->conv1d(be, y, x, w, b, dil, pad); }
+static inline int eng_conv_transpose1d(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *w, const eng_tensor *b, int stride, int pad) { return be->ops->conv_transpose1d(be, y, x, w, b, stride, pad); }
+static inline int eng_snake(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *a) { return be->ops->snake(be, y, x, a); }
+static inline int eng_tanh(eng_backend *be, eng_tensor *y, const eng_tensor *x) { return be->ops->tanh_(be, y, x); }
+
+/* Sets be->err/errstr and returns code (for backend implementations). */
+int eng_backend_fail(eng_backend *be, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+#endif
