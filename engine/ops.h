@@ -108,6 +108,17 @@ typedef struct eng_backend_ops {
     int (*snake)(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *alpha);
     /* y = tanh(x); y may alias x. */
     int (*tanh_)(eng_backend *be, eng_tensor *y, const eng_tensor *x);
+
+    /* Optional step capture (NULL where the backend has none, e.g. the CPU). The ops issued
+     * between graph_begin() and graph_end(key) are recorded, not run, and kept under `key` (for
+     * instance the batch-size bucket); graph_launch(key) replays them with the tensors' current
+     * contents, returning ENG_ENOTFOUND when nothing was recorded under key. Everything a step
+     * varies must therefore live in tensors (see the conventions above). graph_reset() drops
+     * every recorded graph (after buffers are reallocated). */
+    int (*graph_begin)(eng_backend *be);
+    int (*graph_end)(eng_backend *be, int key);
+    int (*graph_launch)(eng_backend *be, int key);
+    void (*graph_reset)(eng_backend *be);
 } eng_backend_ops;
 
 struct eng_backend {
@@ -123,6 +134,8 @@ struct eng_backend {
 int eng_backend_cpu_new(eng_backend **out, int nthreads, eng_error *err);
 /* The CUDA backend on device `device`; ENG_EUNSUPPORTED when built without CUDA or no GPU. */
 int eng_backend_cuda_new(eng_backend **out, int device, eng_error *err);
+/* Implemented in engine/cuda/ (only when built with VOXQ_CUDA); eng_backend_cuda_new calls it. */
+int eng_cuda_backend_create(eng_backend **out, int device, eng_error *err);
 /* "auto" (CUDA when a GPU is present, else CPU), "cuda" or "cpu". */
 int eng_backend_new(eng_backend **out, const char *which, int nthreads, eng_error *err);
 void eng_backend_free(eng_backend *be);

@@ -1,0 +1,96 @@
+/* cuda_internal.h - shared by the CUDA backend's files (not a public header).
+ *
+ * Every CUDA runtime and cuBLAS call goes through CU_CHECK / CUBLAS_CHECK, which record
+ * file:line and the CUDA message in the backend's errstr and return ENG_EDEVICE. */
+#ifndef VOXQ_ENGINE_CUDA_INTERNAL_H
+#define VOXQ_ENGINE_CUDA_INTERNAL_H
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+extern "C" {
+#include "engine/ops.h"
+}
+
+#define CUDA_MAX_GRAPHS 16
+#define CUDA_CUBLAS_WORKSPACE ((size_t)32 << 20)
+
+typedef struct cuda_graph_slot {
+    int key;
+    cudaGraphExec_t exec;
+} cuda_graph_slot;
+
+typedef struct cuda_impl {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t cublas;
+    int sm_count;
+    size_t allocated;
+    size_t peak;
+    /* Scratch for the large-n linear path: x converted to bf16, int8/int4 weights expanded to
+     * bf16. Grown on demand outside graph capture; sized at load by the model's first passes. */
+    void *scratch;
+    size_t scratch_bytes;
+    void *cublas_ws;
+    int capturing;
+    cuda_graph_slot graphs[CUDA_MAX_GRAPHS];
+    int ngraphs;
+} cuda_impl;
+
+static inline cuda_impl *cuda_of(eng_backend *be) { return (cuda_impl *)be->impl; }
+
+#define CU_CHECK(be, call)                                                                         \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess)                                                                     \
+            return eng_backend_fail((be), ENG_EDEVICE, "%s:%d: %s: %s", __FILE__, __LINE__, #call, \
+                                    cudaGetErrorString(e_));                                       \
+    } while (0)
+
+#define CUBLAS_CHECK(be, call)                                                                     \
+    do {                                                                                           \
+        cublasStatus_t s_ = (call);                                                                \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                           \
+            return eng_backend_fail((be), ENG_EDEVICE, "%s:%d: %s: cuBLAS status %d", __FILE__,    \
+                                    __LINE__, #call, (int)s_);                                     \
+    } while (0)
+
+/* After a kernel launch: the launch error, if any. */
+#define CU_LAUNCHED(be) CU_CHECK(be, cudaGetLastError())
+
+#define CUDA_EXTERN extern "C"
+
+/* Argument checks shared by the ops: return ENG_EINVAL naming the op. */
+#define CUDA_REQUIRE(be, cond, op, ...)                                                            \
+    do {                                                                                           \
+        if (!(cond)) return eng_backend_fail((be), ENG_EINVAL, op ": " __VA_ARGS__);               \
+    } while (0)
+
+/* Grows the scratch buffer to at least `bytes` (not allowed during graph capture). */
+int cuda_scratch(eng_backend *be, size_t bytes, void **out);
+
+/* Op entry points, one family per file. */
+int cuda_linear(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w);
+int cuda_rmsnorm(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *weight,
+                 float eps);
+int cuda_add(eng_backend *be, eng_tensor *y, const eng_tensor *a);
+int cuda_rope(eng_backend *be, eng_tensor *x, const eng_tensor *pos, float theta);
+int cuda_silu_mul(eng_backend *be, eng_tensor *y, const eng_tensor *gu);
+int cuda_embed_sum(eng_backend *be, eng_tensor *y, const eng_tensor *table, const eng_tensor *ids,
+                   int channel_stride);
+int cuda_kv_write(eng_backend *be, eng_kv *kv, const eng_tensor *slot, const eng_tensor *pos,
+                  const eng_tensor *k, const eng_tensor *v);
+int cuda_attention(eng_backend *be, eng_tensor *out, const eng_tensor *q, const eng_kv *kv,
+                   const eng_tensor *slot, const eng_tensor *len, const eng_tensor *key_mask,
+                   float scale);
+int cuda_conv1d(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *w,
+                const eng_tensor *bias, int dilation, int padding);
+int cuda_conv_transpose1d(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *w,
+                          const eng_tensor *bias, int stride, int padding);
+int cuda_snake(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *alpha);
+int cuda_tanh(eng_backend *be, eng_tensor *y, const eng_tensor *x);
+
+#endif

@@ -1,0 +1,413 @@
+/* test_cuda_ops.c - every CUDA op against the CPU op on random inputs.
+ *
+ * Inputs are drawn fresh per case (fixed seeds), outputs are poisoned with NaN before each run so
+ * an unwritten element fails. Tolerances: ops computed in f32 on both sides 1e-4 relative (plus a
+ * small absolute term for values near zero); linear compares the CUDA result (bf16 activations on
+ * the cuBLAS path, f32 activations on the GEMV path, both with f32 accumulation) with the CPU op
+ * on the same bf16/int8/int4 weights. */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/ops.h"
+#include "test.h"
+
+static eng_backend *cpu, *gpu;
+
+static uint64_t rng_state = 88172645463325252ull;
+static float frand(void) { /* uniform in [-1, 1) */
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 40) * (1.0 / 8388608.0)) - 1.0f;
+}
+static float *rand_array(size_t n, float scale) {
+    float *a = malloc(n * sizeof *a);
+    for (size_t i = 0; i < n; i++) a[i] = frand() * scale;
+    return a;
+}
+
+/* A host array copied into each backend (poisoned with NaN bytes when host is NULL). */
+typedef struct pair {
+    eng_tensor c, g;
+    size_t bytes;
+} pair;
+
+static pair make_pair(const void *host, eng_dtype dt, int ndim, const int64_t *shape) {
+    pair p;
+    p.c = eng_view(NULL, dt, ndim, shape);
+    p.bytes = eng_nbytes(&p.c);
+    eng_alloc(cpu, p.bytes, &p.c.data);
+    p.g = p.c;
+    eng_alloc(gpu, p.bytes, &p.g.data);
+    if (host) {
+        memcpy(p.c.data, host, p.bytes);
+        eng_upload(gpu, p.g.data, host, p.bytes);
+    } else {
+        unsigned char *nan = malloc(p.bytes);
+        memset(nan, 0xff, p.bytes);
+        memcpy(p.c.data, nan, p.bytes);
+        eng_upload(gpu, p.g.data, nan, p.bytes);
+        eng_sync(gpu);
+        free(nan);
+    }
+    return p;
+}
+static void free_pair(pair *p) {
+    eng_free(cpu, p->c.data);
+    eng_free(gpu, p->g.data);
+}
+/* Compares the two sides of an F32 pair. */
+static int same(const char *what, pair *p, double atol, double rtol) {
+    size_t n = p->bytes / 4;
+    float *a = malloc(p->bytes), *b = malloc(p->bytes);
+    if (eng_sync(gpu) != 0) fprintf(stderr, "  sync: %s\n", gpu->errstr);
+    eng_download(gpu, b, p->g.data, p->bytes);
+    memcpy(a, p->c.data, p->bytes);
+    int rc = test_compare_f32(what, b, a, n, atol, rtol);
+    free(a);
+    free(b);
+    return rc;
+}
+
+static void quantize_rows(const float *w, int64_t out, int64_t in, eng_wfmt fmt, int group,
+                          void **data, float **scales) {
+    if (fmt == ENG_W_I8) {
+        int8_t *q = malloc((size_t)(out * in));
+        float *s = malloc((size_t)out * 4);
+        for (int64_t o = 0; o < out; o++) {
+            float mx = 0;
+            for (int64_t i = 0; i < in; i++) mx = fmaxf(mx, fabsf(w[o * in + i]));
+            s[o] = mx / 127.f;
+            for (int64_t i = 0; i < in; i++)
+                q[o * in + i] = (int8_t)lrintf(s[o] > 0 ? w[o * in + i] / s[o] : 0);
+        }
+        *data = q;
+        *scales = s;
+    } else {
+        int64_t ng = (in + group - 1) / group, rb = (in + 1) / 2;
+        uint8_t *q = calloc((size_t)(out * rb), 1);
+        float *s = malloc((size_t)(out * ng) * 4);
+        for (int64_t o = 0; o < out; o++)
+            for (int64_t g = 0; g < ng; g++) {
+                float mx = 0;
+                for (int64_t i = g * group; i < in && i < (g + 1) * group; i++)
+                    mx = fmaxf(mx, fabsf(w[o * in + i]));
+                float sc = mx / 7.f;
+                s[o * ng + g] = sc;
+                for (int64_t i = g * group; i < in && i < (g + 1) * group; i++) {
+                    int v = sc > 0 ? (int)lrintf(w[o * in + i] / sc) : 0;
+                    v = v < -7 ? -7 : v > 7 ? 7 : v;
+                    uint8_t nib = (uint8_t)(v + 8);
+                    q[o * rb + i / 2] |= (i & 1) ? (uint8_t)(nib << 4) : nib;
+                }
+            }
+        *data = q;
+        *scales = s;
+    }
+}
+
+static void check_linear(eng_wfmt fmt, int64_t n, int64_t out, int64_t in) {
+    float *wf = rand_array((size_t)(out * in), 0.05f);
+    float *x = rand_array((size_t)(n * in), 1.0f);
+    eng_weight host = {fmt, out, in, fmt == ENG_W_I4 ? 128 : 0, NULL, NULL};
+    void *owned = NULL;
+    float *scales = NULL;
+    if (fmt == ENG_W_BF16) {
+        uint16_t *b = malloc((size_t)(out * in) * 2);
+        for (int64_t i = 0; i < out * in; i++) b[i] = eng_f32_to_bf16(wf[i]);
+        owned = b;
+    } else {
+        quantize_rows(wf, out, in, fmt, 128, &owned, &scales);
+    }
+    host.data = owned;
+    host.scales = scales;
+    eng_weight wc, wg;
+    ASSERT_OK(cpu->ops->weight_load(cpu, &host, &wc));
+    ASSERT_OK(gpu->ops->weight_load(gpu, &host, &wg));
+    int64_t xs[2] = {n, in}, ys[2] = {n, out};
+    pair px = make_pair(x, ENG_DT_F32, 2, xs), py = make_pair(NULL, ENG_DT_F32, 2, ys);
+    ASSERT_OK(eng_linear(cpu, &py.c, &px.c, &wc));
+    ASSERT_OK(eng_linear(gpu, &py.g, &px.g, &wg));
+    char what[96];
+    snprintf(what, sizeof what, "linear %s n=%lld [%lld,%lld]", eng_wfmt_name(fmt), (long long)n,
+             (long long)out, (long long)in);
+    /* The cuBLAS path (n > 16) rounds activations to bf16: |err| ~ 2^-8 * sum|w x|. */
+    double atol = n > 16 ? 2e-2 : 2e-4, rtol = n > 16 ? 1e-2 : 1e-4;
+    int bad = same(what, &py, atol, rtol);
+    cpu->ops->weight_release(cpu, &wc);
+    gpu->ops->weight_release(gpu, &wg);
+    free_pair(&px);
+    free_pair(&py);
+    free(owned);
+    free(scales);
+    free(wf);
+    free(x);
+    ASSERT_EQ(bad, 0);
+}
+
+TEST(linear_all_formats) {
+    const int64_t shapes[][2] = {{64, 64}, {512, 2048}, {2048, 1024}, {96, 8192}, {33, 96}};
+    const int64_t ns[] = {1, 2, 3, 8, 9, 17, 40};
+    const eng_wfmt fmts[] = {ENG_W_BF16, ENG_W_I8, ENG_W_I4};
+    for (size_t f = 0; f < 3; f++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+                check_linear(fmts[f], ns[k], shapes[s][0], shapes[s][1]);
+                if (test_failed_) return;
+            }
+}
+
+TEST(f32_weights_become_bf16) {
+    /* An F32 weight is stored as BF16 on the device; compare with the CPU op on bf16 weights. */
+    int64_t out = 256, in = 512, n = 2;
+    float *wf = rand_array((size_t)(out * in), 0.05f), *x = rand_array((size_t)(n * in), 1.f);
+    uint16_t *wb = malloc((size_t)(out * in) * 2);
+    for (int64_t i = 0; i < out * in; i++) wb[i] = eng_f32_to_bf16(wf[i]);
+    eng_weight hf = {ENG_W_F32, out, in, 0, wf, NULL}, hb = {ENG_W_BF16, out, in, 0, wb, NULL};
+    eng_weight wc, wg;
+    ASSERT_OK(cpu->ops->weight_load(cpu, &hb, &wc));
+    ASSERT_OK(gpu->ops->weight_load(gpu, &hf, &wg));
+    ASSERT_EQ(wg.fmt, ENG_W_BF16);
+    int64_t xs[2] = {n, in}, ys[2] = {n, out};
+    pair px = make_pair(x, ENG_DT_F32, 2, xs), py = make_pair(NULL, ENG_DT_F32, 2, ys);
+    ASSERT_OK(eng_linear(cpu, &py.c, &px.c, &wc));
+    ASSERT_OK(eng_linear(gpu, &py.g, &px.g, &wg));
+    ASSERT_EQ(same("linear f32->bf16", &py, 2e-4, 1e-4), 0);
+    gpu->ops->weight_release(gpu, &wg);
+    cpu->ops->weight_release(cpu, &wc);
+    free_pair(&px);
+    free_pair(&py);
+    free(wf);
+    free(wb);
+    free(x);
+}
+
+TEST(rmsnorm_add_silu_rope) {
+    int64_t n = 5, d = 2048;
+    float *x = rand_array((size_t)(n * d), 2.f), *w = rand_array((size_t)d, 1.f);
+    int64_t xs[2] = {n, d}, ws[1] = {d};
+    pair px = make_pair(x, ENG_DT_F32, 2, xs), pw = make_pair(w, ENG_DT_F32, 1, ws);
+    pair py = make_pair(NULL, ENG_DT_F32, 2, xs);
+    ASSERT_OK(eng_rmsnorm(cpu, &py.c, &px.c, &pw.c, 1e-5f));
+    ASSERT_OK(eng_rmsnorm(gpu, &py.g, &px.g, &pw.g, 1e-5f));
+    ASSERT_EQ(same("rmsnorm", &py, 1e-5, 1e-4), 0);
+    ASSERT_OK(eng_add(cpu, &py.c, &px.c));
+    ASSERT_OK(eng_add(gpu, &py.g, &px.g));
+    ASSERT_EQ(same("add", &py, 1e-5, 1e-5), 0);
+
+    int64_t gs[2] = {n, 2 * d}, hs[2] = {n, d};
+    float *gu = rand_array((size_t)(n * 2 * d), 4.f);
+    pair pg = make_pair(gu, ENG_DT_F32, 2, gs), ph = make_pair(NULL, ENG_DT_F32, 2, hs);
+    ASSERT_OK(eng_silu_mul(cpu, &ph.c, &pg.c));
+    ASSERT_OK(eng_silu_mul(gpu, &ph.g, &pg.g));
+    ASSERT_EQ(same("silu_mul", &ph, 1e-5, 1e-5), 0);
+
+    int64_t rs[3] = {n, 16, 128}, ps[1] = {n};
+    int32_t pos[5] = {0, 1, 77, 1023, 3071};
+    float *q = rand_array((size_t)(n * 16 * 128), 1.f);
+    pair pq = make_pair(q, ENG_DT_F32, 3, rs), pp = make_pair(pos, ENG_DT_I32, 1, ps);
+    ASSERT_OK(eng_rope(cpu, &pq.c, &pp.c, 10000.f));
+    ASSERT_OK(eng_rope(gpu, &pq.g, &pp.g, 10000.f));
+    /* angles up to ~3000 rad, sin/cos in f32 on both sides */
+    ASSERT_EQ(same("rope", &pq, 1e-4, 1e-4), 0);
+    free_pair(&px); free_pair(&pw); free_pair(&py); free_pair(&pg); free_pair(&ph);
+    free_pair(&pq); free_pair(&pp);
+    free(x); free(w); free(gu); free(q);
+}
+
+TEST(embed_sum_channels) {
+    int64_t V = 1028, C = 9, d = 256, n = 4;
+    float *table = rand_array((size_t)(V * C * d), 1.f);
+    uint16_t *tb = malloc((size_t)(V * C * d) * 2);
+    for (int64_t i = 0; i < V * C * d; i++) tb[i] = eng_f32_to_bf16(table[i]);
+    int32_t ids[36];
+    for (int i = 0; i < 36; i++) ids[i] = (int32_t)((i * 131 + 7) % V);
+    int64_t tsz[2] = {V * C, d}, is[2] = {n, C}, ys[2] = {n, d};
+    pair pt = make_pair(table, ENG_DT_F32, 2, tsz), ptb = make_pair(tb, ENG_DT_BF16, 2, tsz);
+    pair pi = make_pair(ids, ENG_DT_I32, 2, is), py = make_pair(NULL, ENG_DT_F32, 2, ys);
+    ASSERT_OK(eng_embed_sum(cpu, &py.c, &pt.c, &pi.c, (int)V));
+    ASSERT_OK(eng_embed_sum(gpu, &py.g, &pt.g, &pi.g, (int)V));
+    ASSERT_EQ(same("embed_sum f32", &py, 1e-5, 1e-5), 0);
+    ASSERT_OK(eng_embed_sum(cpu, &py.c, &ptb.c, &pi.c, (int)V));
+    ASSERT_OK(eng_embed_sum(gpu, &py.g, &ptb.g, &pi.g, (int)V));
+    ASSERT_EQ(same("embed_sum bf16", &py, 1e-5, 1e-5), 0);
+    free_pair(&pt); free_pair(&ptb); free_pair(&pi); free_pair(&py);
+    free(table); free(tb);
+}
+
+/* Rows with their own slot and length (GQA or not), with or without a key mask. */
+static void check_attention(eng_dtype kv_dt, int qh, int kvh, int hd, int slots, int max_len,
+                            int n, int use_mask) {
+    size_t kvn = (size_t)slots * max_len * kvh * hd;
+    float *kf = rand_array(kvn, 1.f), *vf = rand_array(kvn, 1.f);
+    float *q = rand_array((size_t)n * qh * hd, 0.3f);
+    int32_t *slot = malloc(n * 4), *len = malloc(n * 4);
+    uint8_t *mask = malloc((size_t)slots * max_len);
+    for (int i = 0; i < n; i++) {
+        slot[i] = (i * 7) % slots;
+        len[i] = 1 + (i * 977) % max_len;
+    }
+    for (int i = 0; i < slots * max_len; i++) mask[i] = (uint8_t)((i % 5) != 3);
+    /* The CPU store is F32; for a BF16 device store, round the CPU copy the same way. */
+    if (kv_dt == ENG_DT_BF16)
+        for (size_t i = 0; i < kvn; i++) {
+            kf[i] = eng_bf16_to_f32(eng_f32_to_bf16(kf[i]));
+            vf[i] = eng_bf16_to_f32(eng_f32_to_bf16(vf[i]));
+        }
+    int64_t kvs[1] = {(int64_t)kvn}, qs[3] = {n, qh, hd}, ns[1] = {n};
+    int64_t ms[1] = {(int64_t)slots * max_len};
+    pair pk = make_pair(kf, ENG_DT_F32, 1, kvs), pv = make_pair(vf, ENG_DT_F32, 1, kvs);
+    pair pq = make_pair(q, ENG_DT_F32, 3, qs), po = make_pair(NULL, ENG_DT_F32, 3, qs);
+    pair ps = make_pair(slot, ENG_DT_I32, 1, ns), pl = make_pair(len, ENG_DT_I32, 1, ns);
+    pair pm = make_pair(mask, ENG_DT_U8, 1, ms);
+    eng_kv kc = {pk.c.data, pv.c.data, ENG_DT_F32, slots, max_len, kvh, hd};
+    eng_kv kg = {pk.g.data, pv.g.data, ENG_DT_F32, slots, max_len, kvh, hd};
+    void *kb = NULL, *vb = NULL;
+    if (kv_dt == ENG_DT_BF16) { /* fill a BF16 device store through kv_write */
+        eng_alloc(gpu, kvn * 2, &kb);
+        eng_alloc(gpu, kvn * 2, &vb);
+        kg = (eng_kv){kb, vb, ENG_DT_BF16, slots, max_len, kvh, hd};
+        int64_t rows = (int64_t)slots * max_len;
+        int32_t *ws = malloc(rows * 4), *wp = malloc(rows * 4);
+        for (int64_t r = 0; r < rows; r++) {
+            ws[r] = (int32_t)(r / max_len);
+            wp[r] = (int32_t)(r % max_len);
+        }
+        int64_t rs[1] = {rows}, ks[3] = {rows, kvh, hd};
+        pair a = make_pair(ws, ENG_DT_I32, 1, rs), b = make_pair(wp, ENG_DT_I32, 1, rs);
+        eng_tensor kt = eng_view(pk.g.data, ENG_DT_F32, 3, ks);
+        eng_tensor vt = eng_view(pv.g.data, ENG_DT_F32, 3, ks);
+        ASSERT_OK(eng_kv_write(gpu, &kg, &a.g, &b.g, &kt, &vt));
+        eng_sync(gpu);
+        free_pair(&a);
+        free_pair(&b);
+        free(ws);
+        free(wp);
+    }
+    ASSERT_OK(eng_attention(cpu, &po.c, &pq.c, &kc, &ps.c, &pl.c, use_mask ? &pm.c : NULL, 1.f));
+    ASSERT_OK(eng_attention(gpu, &po.g, &pq.g, &kg, &ps.g, &pl.g, use_mask ? &pm.g : NULL, 1.f));
+    char what[96];
+    snprintf(what, sizeof what, "attention %s qh=%d kvh=%d hd=%d len<=%d mask=%d",
+             eng_dtype_name(kv_dt), qh, kvh, hd, max_len, use_mask);
+    int bad = same(what, &po, 1e-4, 1e-3);
+    eng_free(gpu, kb);
+    eng_free(gpu, vb);
+    free_pair(&pk); free_pair(&pv); free_pair(&pq); free_pair(&po); free_pair(&ps);
+    free_pair(&pl); free_pair(&pm);
+    free(kf); free(vf); free(q); free(slot); free(len); free(mask);
+    ASSERT_EQ(bad, 0);
+}
+
+TEST(attention_decode_and_masked) {
+    check_attention(ENG_DT_F32, 16, 4, 128, 3, 300, 6, 0);
+    if (test_failed_) return;
+    check_attention(ENG_DT_F32, 16, 16, 128, 2, 1024, 4, 1);
+    if (test_failed_) return;
+    check_attention(ENG_DT_BF16, 16, 4, 128, 3, 300, 6, 0);
+    if (test_failed_) return;
+    check_attention(ENG_DT_F32, 4, 2, 16, 2, 41, 5, 1);
+}
+
+TEST(dac_convs_snake_tanh) {
+    int cin = 48, cout = 24, tin = 301;
+    float *x = rand_array((size_t)cin * tin, 1.f), *w = rand_array((size_t)cout * cin * 7, 0.2f);
+    float *b = rand_array((size_t)cout, 0.1f), *al = rand_array((size_t)cin, 0.5f);
+    for (int i = 0; i < cin; i++) al[i] += 1.f;
+    int64_t xs[2] = {cin, tin}, ws[3] = {cout, cin, 7}, bs[1] = {cout}, as[1] = {cin};
+    pair px = make_pair(x, ENG_DT_F32, 2, xs), pw = make_pair(w, ENG_DT_F32, 3, ws);
+    pair pb = make_pair(b, ENG_DT_F32, 1, bs), pa = make_pair(al, ENG_DT_F32, 1, as);
+    pair psn = make_pair(NULL, ENG_DT_F32, 2, xs);
+    ASSERT_OK(eng_snake(cpu, &psn.c, &px.c, &pa.c));
+    ASSERT_OK(eng_snake(gpu, &psn.g, &px.g, &pa.g));
+    ASSERT_EQ(same("snake", &psn, 1e-5, 1e-5), 0);
+    const int dils[3] = {1, 3, 9};
+    for (int di = 0; di < 3; di++) {
+        int64_t ys[2] = {cout, tin};
+        pair py = make_pair(NULL, ENG_DT_F32, 2, ys);
+        ASSERT_OK(eng_conv1d(cpu, &py.c, &px.c, &pw.c, &pb.c, dils[di], 3 * dils[di]));
+        ASSERT_OK(eng_conv1d(gpu, &py.g, &px.g, &pw.g, &pb.g, dils[di], 3 * dils[di]));
+        ASSERT_EQ(same("conv1d", &py, 1e-4, 1e-4), 0);
+        ASSERT_OK(eng_tanh(cpu, &py.c, &py.c));
+        ASSERT_OK(eng_tanh(gpu, &py.g, &py.g));
+        ASSERT_EQ(same("tanh", &py, 1e-5, 1e-5), 0);
+        free_pair(&py);
+    }
+    const int strides[3] = {2, 4, 8};
+    for (int si = 0; si < 3; si++) {
+        int s = strides[si], k = 2 * s, pad = (s + 1) / 2;
+        float *wt = rand_array((size_t)cin * cout * k, 0.2f);
+        int64_t wts[3] = {cin, cout, k}, ys[2] = {cout, (int64_t)(tin - 1) * s - 2 * pad + k};
+        pair pwt = make_pair(wt, ENG_DT_F32, 3, wts), py = make_pair(NULL, ENG_DT_F32, 2, ys);
+        ASSERT_OK(eng_conv_transpose1d(cpu, &py.c, &px.c, &pwt.c, &pb.c, s, pad));
+        ASSERT_OK(eng_conv_transpose1d(gpu, &py.g, &px.g, &pwt.g, &pb.g, s, pad));
+        ASSERT_EQ(same("conv_transpose1d", &py, 1e-4, 1e-4), 0);
+        free_pair(&pwt);
+        free_pair(&py);
+        free(wt);
+    }
+    free_pair(&px); free_pair(&pw); free_pair(&pb); free_pair(&pa); free_pair(&psn);
+    free(x); free(w); free(b); free(al);
+}
+
+TEST(graph_capture_replays_with_new_inputs) {
+    /* A captured linear replays with whatever the input tensor holds at launch time. */
+    int64_t n = 2, in = 1024, out = 512;
+    float *wf = rand_array((size_t)(out * in), 0.05f);
+    uint16_t *wb = malloc((size_t)(out * in) * 2);
+    for (int64_t i = 0; i < out * in; i++) wb[i] = eng_f32_to_bf16(wf[i]);
+    eng_weight hb = {ENG_W_BF16, out, in, 0, wb, NULL}, wc, wg;
+    ASSERT_OK(cpu->ops->weight_load(cpu, &hb, &wc));
+    ASSERT_OK(gpu->ops->weight_load(gpu, &hb, &wg));
+    int64_t xs[2] = {n, in}, ys[2] = {n, out};
+    pair px = make_pair(NULL, ENG_DT_F32, 2, xs), py = make_pair(NULL, ENG_DT_F32, 2, ys);
+    ASSERT_TRUE(gpu->ops->graph_begin != NULL);
+    ASSERT_OK(gpu->ops->graph_begin(gpu));
+    ASSERT_OK(eng_linear(gpu, &py.g, &px.g, &wg));
+    ASSERT_OK(gpu->ops->graph_end(gpu, 2));
+    for (int round = 0; round < 3; round++) {
+        float *x = rand_array((size_t)(n * in), 1.f);
+        memcpy(px.c.data, x, px.bytes);
+        ASSERT_OK(eng_upload(gpu, px.g.data, x, px.bytes));
+        ASSERT_OK(gpu->ops->graph_launch(gpu, 2));
+        ASSERT_OK(eng_linear(cpu, &py.c, &px.c, &wc));
+        ASSERT_EQ(same("graph replay", &py, 2e-4, 1e-4), 0);
+        free(x);
+    }
+    ASSERT_EQ(gpu->ops->graph_launch(gpu, 99), ENG_ENOTFOUND);
+    gpu->ops->weight_release(gpu, &wg);
+    cpu->ops->weight_release(cpu, &wc);
+    free_pair(&px); free_pair(&py);
+    free(wf); free(wb);
+}
+
+TEST(memory_accounting) {
+    eng_mem_stats a, b;
+    gpu->ops->mem_stats(gpu, &a);
+    void *p = NULL;
+    ASSERT_OK(eng_alloc(gpu, 1 << 20, &p));
+    gpu->ops->mem_stats(gpu, &b);
+    ASSERT_EQ(b.allocated - a.allocated, 1 << 20);
+    ASSERT_TRUE(b.device_total > 0);
+    eng_free(gpu, p);
+    gpu->ops->mem_stats(gpu, &b);
+    ASSERT_EQ(b.allocated, a.allocated);
+}
+
+int main(int argc, char **argv) {
+    eng_error err = {0};
+    if (eng_backend_cpu_new(&cpu, 0, &err) != 0) {
+        fprintf(stderr, "cpu backend: %s\n", err.msg);
+        return 1;
+    }
+    if (eng_backend_cuda_new(&gpu, 0, &err) != 0) {
+        fprintf(stderr, "cuda backend: %s\n", err.msg);
+        return 1;
+    }
+    int rc = test_main(argc, argv);
+    eng_backend_free(gpu);
+    eng_backend_free(cpu);
+    return rc;
+}
