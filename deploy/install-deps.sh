@@ -5,7 +5,8 @@ set -eu
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PKGS="build-essential cmake ninja-build pkg-config git ca-certificates \
-libhiredis-dev libcjson-dev libuv1-dev libsndfile1-dev redis-server"
+libhiredis-dev libcjson-dev libuv1-dev libsndfile1-dev libcurl4-openssl-dev redis-server \
+python3 python3-yaml"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

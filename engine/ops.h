@@ -47,6 +47,23 @@ typedef struct eng_mem_stats {
     size_t device_free;    /* 0 on the CPU */
 } eng_mem_stats;
 
+/* What eng_linear_ex does around the product (all optional):
+ *   pre:  ENG_PRE_NONE     in = x[n, w->in]
+ *         ENG_PRE_RMSNORM  in = rmsnorm(x[n, w->in]; norm, eps)
+ *         ENG_PRE_SILU_MUL in = silu(x[:, :w->in]) * x[:, w->in:]   (x is [n, 2 * w->in])
+ *   accumulate: y += in . W^T instead of y = in . W^T (residual connections).
+ * tmp_in [n, w->in] and tmp_out [n, w->out] are scratch for backends without a fused kernel;
+ * a backend with one never touches them. */
+enum { ENG_PRE_NONE = 0, ENG_PRE_RMSNORM = 1, ENG_PRE_SILU_MUL = 2 };
+typedef struct eng_linear_args {
+    int pre;
+    const eng_tensor *norm; /* F32 [w->in] for ENG_PRE_RMSNORM */
+    float eps;
+    int accumulate;
+    eng_tensor *tmp_in;
+    eng_tensor *tmp_out;
+} eng_linear_args;
+
 typedef struct eng_backend_ops {
     const char *name;
     void (*destroy)(eng_backend *be);
@@ -119,6 +136,14 @@ typedef struct eng_backend_ops {
     int (*graph_end)(eng_backend *be, int key);
     int (*graph_launch)(eng_backend *be, int key);
     void (*graph_reset)(eng_backend *be);
+
+    /* Optional fused linear (NULL: eng_linear_ex composes the plain ops). See eng_linear_ex. */
+    int (*linear_ex)(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w,
+                     const struct eng_linear_args *a);
+
+    /* Optional: per-op device time since the last call, as JSON {"total_ms", "ops": [{"op",
+     * "calls", "ms", "share"}]} (CUDA with VOXQ_CUDA_PROFILE=1; steps then run uncaptured). */
+    int (*profile_json)(eng_backend *be, char *buf, size_t cap);
 } eng_backend_ops;
 
 struct eng_backend {
@@ -158,6 +183,12 @@ static inline int eng_conv1d(eng_backend *be, eng_tensor *y, const eng_tensor *x
 static inline int eng_conv_transpose1d(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *w, const eng_tensor *b, int stride, int pad) { return be->ops->conv_transpose1d(be, y, x, w, b, stride, pad); }
 static inline int eng_snake(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *a) { return be->ops->snake(be, y, x, a); }
 static inline int eng_tanh(eng_backend *be, eng_tensor *y, const eng_tensor *x) { return be->ops->tanh_(be, y, x); }
+
+/* y (+)= pre(x) . W^T per eng_linear_args, fused where the backend can (one pass over W, no
+ * intermediate in memory), else as rmsnorm/silu_mul -> linear -> add through the scratch. The
+ * result equals the composition of the plain ops up to float rounding. */
+int eng_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w,
+                  const eng_linear_args *a);
 
 /* Sets be->err/errstr and returns code (for backend implementations). */
 int eng_backend_fail(eng_backend *be, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -46,6 +46,14 @@ const st_tensor *st_find(const st_file *f, const char *name);
 const char *st_metadata(const st_file *f, const char *key);
 const char *st_path(const st_file *f);
 uint64_t st_file_size(const st_file *f);
+/* The __metadata__ entries in header order, for tools that copy them (i < count). */
+size_t st_metadata_count(const st_file *f);
+const char *st_metadata_key(const st_file *f, size_t i);
+/* Validates a safetensors image already in memory (tests, fuzzing); `name` stands for the path
+ * in messages. Tensors point into `data`, which must outlive the st_file; st_close() frees only
+ * what the reader allocated. */
+int st_open_memory(st_file **out, const void *data, size_t size, const char *name,
+                   eng_error *err);
 
 /* A checkpoint: one model.safetensors or the shards an index names, seen as one set of tensors. */
 typedef struct st_model st_model;
@@ -66,7 +74,10 @@ const st_file *st_model_file(const st_model *m, size_t i);
 /* Streams a safetensors file: declare every tensor first (name, dtype, shape), then write each
  * tensor's bytes in declaration order, in as many pieces as convenient. The header is written at
  * st_writer_begin_data(); data is aligned to 8 bytes in the file; st_writer_finish() checks that
- * every byte arrived, fsyncs and closes. Nothing of the checkpoint is held in memory. */
+ * every byte arrived, fsyncs and closes. Nothing of the checkpoint is held in memory.
+ * Layout: the header is padded with spaces so the data section starts 8-byte aligned, and tensors
+ * follow one another with no gaps (the reference implementation rejects gaps), so a tensor is
+ * 8-byte aligned when the sizes of the tensors before it are multiples of 8. */
 typedef struct st_writer st_writer;
 
 int st_writer_open(st_writer **out, const char *path, eng_error *err);
@@ -75,8 +86,11 @@ int st_writer_declare(st_writer *w, const char *name, eng_dtype dtype, int ndim,
                       const int64_t *shape);
 int st_writer_begin_data(st_writer *w);
 int st_writer_write(st_writer *w, const void *bytes, size_t n);
+/* Success frees the writer. On failure the file is closed and deleted, and the writer stays
+ * for st_writer_errstr(); free it with st_writer_abort(). */
 int st_writer_finish(st_writer *w);
-/* Closes and deletes a file that was not finished (error paths); NULL is a no-op. */
+/* Closes and deletes a file that was not finished (error paths) and frees the writer; NULL is a
+ * no-op. After a failed call the writer accepts nothing more: abort it. */
 void st_writer_abort(st_writer *w);
 /* The writer's last error message. */
 const char *st_writer_errstr(const st_writer *w);

@@ -12,6 +12,8 @@ typedef struct cli_command {
 
 int cmd_store(int argc, char **argv);
 void cmd_store_help(void);
+int cmd_store_pull(int argc, char **argv); /* `voxq store pull` (cmd_store_pull.c) */
+void cmd_store_pull_help(void);
 int cmd_quantize(int argc, char **argv);
 void cmd_quantize_help(void);
 int cmd_synth(int argc, char **argv);

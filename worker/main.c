@@ -7,8 +7,12 @@
 
 /* Subcommands in the order `voxq --help` lists them. */
 static const cli_command commands[] = {
-    {"store", "list, verify and import model artifacts (ls|verify|import)", cmd_store, cmd_store_help},
+    {"store", "list, verify, import, pull and remove stored models", cmd_store, cmd_store_help},
     {"quantize", "make an int8 or int4 variant of a stored model, once", cmd_quantize, cmd_quantize_help},
+    {"synth", "synthesize one text to an audio file on this machine", cmd_synth, cmd_synth_help},
+    {"worker", "run the job service: Redis queue, engine, results", cmd_worker, cmd_worker_help},
+    {"enqueue", "push a synthesize or quantize job and print its id", cmd_enqueue, cmd_enqueue_help},
+    {"wait", "wait for a job to finish and print its result", cmd_wait, cmd_wait_help},
 };
 static const size_t ncommands = sizeof commands / sizeof commands[0];
 

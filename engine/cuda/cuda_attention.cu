@@ -18,6 +18,7 @@ __device__ __forceinline__ float kv_load(const void *base, int bf16, size_t i) {
 __global__ void k_kv_write(void *kc, void *vc, int bf16, const int32_t *slot, const int32_t *pos,
                            const float *k, const float *v, int n, int max_len, int slots,
                            int row_elems) {
+    pdl_trigger();
     size_t total = (size_t)n * row_elems;
     for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < total;
          t += (size_t)gridDim.x * blockDim.x) {
@@ -61,6 +62,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 k_attention(float *out, const float *q, const void *kc, const void *vc, int bf16,
             const int32_t *slot, const int32_t *len, const uint8_t *mask, int qh, int kvh, int hd,
             int max_len, float scale) {
+    pdl_trigger();
     __shared__ float s_q[ATT_MAX_HD];
     __shared__ float s_acc[ATT_WARPS][ATT_MAX_HD];
     __shared__ float s_m[ATT_WARPS], s_l[ATT_WARPS];

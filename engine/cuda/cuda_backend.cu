@@ -220,7 +220,7 @@ static int cuda_weight_load(eng_backend *be, const eng_weight *host, eng_weight 
         cuda_free(be, stage);
         out->fmt = ENG_W_BF16;
         out->data = d;
-        return 0;
+        return cuda_linear_reserve(be, out);
     }
     size_t bytes = eng_weight_data_bytes(host);
     rc = cuda_alloc(be, bytes, &d);
@@ -247,7 +247,7 @@ static int cuda_weight_load(eng_backend *be, const eng_weight *host, eng_weight 
         }
         out->scales = (const float *)s;
     }
-    return 0;
+    return cuda_linear_reserve(be, out);
 }
 
 static void cuda_weight_release(eng_backend *be, eng_weight *w) {
@@ -337,6 +337,7 @@ static eng_backend_ops make_ops(void) {
     o.weight_load = cuda_weight_load;
     o.weight_release = cuda_weight_release;
     o.linear = cuda_linear;
+    o.linear_ex = cuda_linear_ex;
     o.rmsnorm = cuda_rmsnorm;
     o.add = cuda_add;
     o.rope = cuda_rope;
@@ -352,6 +353,10 @@ static eng_backend_ops make_ops(void) {
     o.graph_end = cuda_graph_end;
     o.graph_launch = cuda_graph_launch;
     o.graph_reset = cuda_graph_reset;
+    if (cuda_profile_enabled()) {
+        cuda_profile_install(&o);
+        o.profile_json = cuda_profile_json;
+    }
     return o;
 }
 

@@ -24,6 +24,7 @@ __device__ __forceinline__ float block_sum(float v, float *shared) {
 
 /* One block per row. */
 __global__ void k_rmsnorm(float *y, const float *x, const float *w, int d, float eps) {
+    pdl_trigger();
     __shared__ float red[32];
     const float *xr = x + (size_t)blockIdx.x * d;
     float *yr = y + (size_t)blockIdx.x * d;
@@ -48,6 +49,7 @@ int cuda_rmsnorm(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_
 }
 
 __global__ void k_add(float *y, const float *a, size_t n) {
+    pdl_trigger();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
         y[i] += a[i];
@@ -66,6 +68,7 @@ int cuda_add(eng_backend *be, eng_tensor *y, const eng_tensor *a) {
 
 /* Half-split rotation: pairs (i, i + hd/2). Angles in f32 like the reference. */
 __global__ void k_rope(float *x, const int32_t *pos, int n, int heads, int hd, float theta) {
+    pdl_trigger();
     int half = hd / 2;
     size_t total = (size_t)n * heads * half;
     for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < total;
@@ -98,6 +101,7 @@ int cuda_rope(eng_backend *be, eng_tensor *x, const eng_tensor *pos, float theta
 }
 
 __global__ void k_silu_mul(float *y, const float *gu, int n, int f) {
+    pdl_trigger();
     size_t total = (size_t)n * f;
     for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < total;
          t += (size_t)gridDim.x * blockDim.x) {
@@ -122,6 +126,7 @@ int cuda_silu_mul(eng_backend *be, eng_tensor *y, const eng_tensor *gu) {
  * bounds, so the error surfaces in the logits at the next download. */
 __global__ void k_embed_sum(float *y, const void *table, int bf16, const int32_t *ids, int C,
                             int stride, int rows, int d) {
+    pdl_trigger();
     int r = blockIdx.x;
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         float acc = 0.f;

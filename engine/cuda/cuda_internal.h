@@ -69,11 +69,30 @@ static inline cuda_impl *cuda_of(eng_backend *be) { return (cuda_impl *)be->impl
         if (!(cond)) return eng_backend_fail((be), ENG_EINVAL, op ": " __VA_ARGS__);               \
     } while (0)
 
+/* Programmatic dependent launch (sm_90): pdl_trigger() lets the next kernel in the stream start
+ * launching now (every kernel calls it first: the decode GEMVs launched after it then stream
+ * their weights while it finishes); pdl_wait() blocks until every kernel this one depends on
+ * has finished and its writes are visible (only kernels launched with the programmatic
+ * serialization attribute need it). */
+#ifdef __CUDACC__
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;"); }
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
+#endif
+
 /* Grows the scratch buffer to at least `bytes` (not allowed during graph capture). */
 int cuda_scratch(eng_backend *be, size_t bytes, void **out);
 
+/* Per-op timing (cuda_profile.cu), on when VOXQ_CUDA_PROFILE=1 at backend creation. */
+int cuda_profile_enabled(void);
+void cuda_profile_install(eng_backend_ops *o);
+int cuda_profile_json(eng_backend *be, char *buf, size_t cap);
+
 /* Op entry points, one family per file. */
 int cuda_linear(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w);
+/* Grows the scratch so the linear of w never allocates inside a captured step. */
+int cuda_linear_reserve(eng_backend *be, const eng_weight *w);
+int cuda_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w,
+                   const eng_linear_args *a);
 int cuda_rmsnorm(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *weight,
                  float eps);
 int cuda_add(eng_backend *be, eng_tensor *y, const eng_tensor *a);

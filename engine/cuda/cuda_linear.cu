@@ -1,15 +1,15 @@
 /* cuda_linear.cu - y[n, out] = x[n, in] . W^T for bf16, int8 and int4 weights.
  *
  * Decoding multiplies a handful of rows (2 per sequence with CFG) by every weight of the model,
- * so the small-n path is a weight-streaming GEMV: one warp per output row, each lane loading 16
- * bytes of W at a time (8 bf16, 16 int8 or 32 int4 values), dequantizing in registers and
- * accumulating in f32 against up to GEMV_MAX_ROWS rows of x, which stay in L1/L2. Each weight
- * byte is read once per call. Larger n (the encoder, cross K/V) goes to cuBLAS in bf16 with f32
- * accumulation; quantized weights are expanded to bf16 in scratch first. */
+ * so the small-n path is a weight-streaming GEMV (k_gemv): a block owns a few output rows, its
+ * threads stream 16-byte chunks of those rows (8 bf16, 16 int8 or 32 int4 values),
+ * dequantize in registers and accumulate in f32 against up to GEMV_MAX_ROWS rows of x, which stay
+ * in L1/L2. Each weight byte is read once per call. Larger n (the encoder, cross K/V) goes to
+ * cuBLAS in bf16 with f32 accumulation; quantized weights are expanded to bf16 in scratch first. */
 #include "engine/cuda/cuda_internal.h"
 
 #define GEMV_MAX_ROWS 8
-#define GEMV_WARPS 4
+#define GEMV_WARPS 4 /* warps per block of the any-shape fallback */
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -25,122 +25,178 @@ __device__ __forceinline__ void load8(const float *x, float *f) {
 __device__ __forceinline__ float bf16lo(uint32_t u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float bf16hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
 
-/* BF16: lane handles 8 consecutive inputs per 16-byte load. in % 8 == 0. */
-template <int NR>
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
-k_gemv_bf16(float *__restrict__ y, const float *__restrict__ x, const uint4 *__restrict__ w,
-            int out, int in) {
-    int row = blockIdx.x * GEMV_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= out) return;
-    const uint4 *wr = w + (size_t)row * (in / 8);
-    float acc[NR];
+/* Weight values of one 16-byte load, as floats. The integer formats avoid int->float
+ * conversions (a quarter-rate instruction) with the 2^23 trick: the bits 0x4B0000xx read as a
+ * float are 8388608 + xx exactly, so one byte-permute or mask and one subtraction give the value. */
+template <int FMT> struct wload;
+template <> struct wload<ENG_W_BF16> {
+    static constexpr int vals = 8;
+    static __device__ __forceinline__ void unpack(uint4 q, float *f) {
+        uint32_t w[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-    for (int r = 0; r < NR; r++) acc[r] = 0.f;
-    int chunks = in / 8;
-#pragma unroll 4
-    for (int c = lane; c < chunks; c += 32) {
-        uint4 q = __ldg(wr + c);
-        float wf[8] = {bf16lo(q.x), bf16hi(q.x), bf16lo(q.y), bf16hi(q.y),
-                       bf16lo(q.z), bf16hi(q.z), bf16lo(q.w), bf16hi(q.w)};
-#pragma unroll
-        for (int r = 0; r < NR; r++) {
-            float xf[8];
-            load8(x + (size_t)r * in + c * 8, xf);
-#pragma unroll
-            for (int j = 0; j < 8; j++) acc[r] = fmaf(wf[j], xf[j], acc[r]);
+        for (int i = 0; i < 4; i++) {
+            f[2 * i] = bf16lo(w[i]);
+            f[2 * i + 1] = bf16hi(w[i]);
         }
     }
-#pragma unroll
-    for (int r = 0; r < NR; r++) {
-        float s = warp_sum(acc[r]);
-        if (lane == 0) y[(size_t)r * out + row] = s;
-    }
-}
-
-/* INT8: 16 inputs per load, one scale per output row. in % 16 == 0. */
-template <int NR>
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
-k_gemv_i8(float *__restrict__ y, const float *__restrict__ x, const uint4 *__restrict__ w,
-          const float *__restrict__ scales, int out, int in) {
-    int row = blockIdx.x * GEMV_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= out) return;
-    const uint4 *wr = w + (size_t)row * (in / 16);
-    float acc[NR];
-#pragma unroll
-    for (int r = 0; r < NR; r++) acc[r] = 0.f;
-    int chunks = in / 16;
-#pragma unroll 2
-    for (int c = lane; c < chunks; c += 32) {
-        uint4 q = __ldg(wr + c);
-        uint32_t words[4] = {q.x, q.y, q.z, q.w};
-        float wf[16];
+};
+template <> struct wload<ENG_W_I8> {
+    static constexpr int vals = 16;
+    static __device__ __forceinline__ void unpack(uint4 q, float *f) {
+        uint32_t w[4] = {q.x ^ 0x80808080u, q.y ^ 0x80808080u, q.z ^ 0x80808080u,
+                         q.w ^ 0x80808080u};
 #pragma unroll
         for (int i = 0; i < 4; i++)
 #pragma unroll
-            for (int b = 0; b < 4; b++) wf[i * 4 + b] = (float)(int8_t)(words[i] >> (8 * b));
-#pragma unroll
-        for (int r = 0; r < NR; r++) {
-            const float *xr = x + (size_t)r * in + c * 16;
-            float xf[8];
-            load8(xr, xf);
-#pragma unroll
-            for (int j = 0; j < 8; j++) acc[r] = fmaf(wf[j], xf[j], acc[r]);
-            load8(xr + 8, xf);
-#pragma unroll
-            for (int j = 0; j < 8; j++) acc[r] = fmaf(wf[8 + j], xf[j], acc[r]);
-        }
+            for (int b = 0; b < 4; b++)
+                f[4 * i + b] = __uint_as_float(__byte_perm(w[i], 0x4B000000u, 0x7540 + b)) -
+                               8388736.f; /* 2^23 + 128 */
     }
-    float sc = scales[row];
+};
+template <> struct wload<ENG_W_I4> {
+    static constexpr int vals = 32;
+    static __device__ __forceinline__ void unpack(uint4 q, float *f) {
+        uint32_t w[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-    for (int r = 0; r < NR; r++) {
-        float s = warp_sum(acc[r]);
-        if (lane == 0) y[(size_t)r * out + row] = s * sc;
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int b = 0; b < 8; b++)
+                f[8 * i + b] = __uint_as_float(((w[i] >> (4 * b)) & 15u) | 0x4B000000u) -
+                               8388616.f; /* 2^23 + 8: nibble - 8 */
     }
-}
+};
 
-/* INT4: 32 inputs per load (nibble = q + 8, low nibble first), scale per group of `group`
- * inputs; group % 32 == 0 so a load never straddles two groups. in % 32 == 0. */
-template <int NR>
-__global__ void __launch_bounds__(GEMV_WARPS * 32)
-k_gemv_i4(float *__restrict__ y, const float *__restrict__ x, const uint4 *__restrict__ w,
-          const float *__restrict__ scales, int out, int in, int group) {
-    int row = blockIdx.x * GEMV_WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= out) return;
-    const uint4 *wr = w + (size_t)row * (in / 32);
-    int ngroups = (in + group - 1) / group;
-    const float *sr = scales + (size_t)row * ngroups;
-    float acc[NR];
+/* y[NR, out] = x[NR, in] . W^T for one format. A block owns R consecutive output rows; its
+ * threads split the input dimension in 16-byte chunks of W, so each thread loads R independent
+ * weight vectors per step (memory-level parallelism) and reuses every x value it loads for all
+ * R rows. Partial sums meet in shared memory. int8 rows carry one scale, int4 one per group of
+ * `group` inputs (group % 32 == 0, so a 16-byte chunk never straddles groups). */
+template <int FMT, int NR, int R, int PRE, int ACC>
+__global__ void __launch_bounds__(256)
+k_gemv(float *__restrict__ y, const float *__restrict__ x, const uint4 *__restrict__ w,
+       const float *__restrict__ scales, int out, int in, int group,
+       const float *__restrict__ norm, float eps) {
+    constexpr int V = wload<FMT>::vals;
+    __shared__ float s_part[8][R * NR];
+    __shared__ float s_inv[NR];
+    int row0 = blockIdx.x * R;
+    int chunks = in / V, ngroups = FMT == ENG_W_I4 ? (in + group - 1) / group : 1;
+    /* The weights do not depend on the previous kernel: start streaming them before waiting. */
+    pdl_trigger();
+    uint4 q[R];
+    if ((int)threadIdx.x < chunks) {
 #pragma unroll
-    for (int r = 0; r < NR; r++) acc[r] = 0.f;
-    int chunks = in / 32;
-#pragma unroll 2
-    for (int c = lane; c < chunks; c += 32) {
-        uint4 q = __ldg(wr + c);
-        float sc = __ldg(sr + (c * 32) / group);
-        uint32_t words[4] = {q.x, q.y, q.z, q.w};
-        float part[NR];
+        for (int r = 0; r < R; r++)
+            q[r] = row0 + r < out ? __ldg(w + (size_t)(row0 + r) * chunks + threadIdx.x)
+                                  : make_uint4(0, 0, 0, 0);
+    }
+    pdl_wait();
+    if (PRE == ENG_PRE_RMSNORM) {
+        /* Every block normalizes the same few rows of x itself: cheaper than a launch. */
+        float ss[NR];
 #pragma unroll
-        for (int r = 0; r < NR; r++) part[r] = 0.f;
+        for (int n = 0; n < NR; n++) ss[n] = 0.f;
+        for (int k = threadIdx.x * 4; k < in; k += blockDim.x * 4) {
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            float wf[8];
-#pragma unroll
-            for (int b = 0; b < 8; b++) wf[b] = (float)((int)((words[i] >> (4 * b)) & 15u) - 8);
-#pragma unroll
-            for (int r = 0; r < NR; r++) {
-                float xf[8];
-                load8(x + (size_t)r * in + c * 32 + i * 8, xf);
-#pragma unroll
-                for (int j = 0; j < 8; j++) part[r] = fmaf(wf[j], xf[j], part[r]);
+            for (int n = 0; n < NR; n++) {
+                float4 v = __ldg((const float4 *)(x + (size_t)n * in + k));
+                ss[n] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
             }
         }
+        int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
-        for (int r = 0; r < NR; r++) acc[r] = fmaf(part[r], sc, acc[r]);
+        for (int n = 0; n < NR; n++) {
+            float v = warp_sum(ss[n]);
+            if (lane == 0) s_part[warp][n] = v;
+        }
+        __syncthreads();
+        if (threadIdx.x < NR) {
+            float t = 0.f;
+            for (int k = 0; k < (int)blockDim.x / 32; k++) t += s_part[k][threadIdx.x];
+            s_inv[threadIdx.x] = rsqrtf(t / (float)in + eps);
+        }
+        __syncthreads();
     }
+    float acc[R][NR];
 #pragma unroll
-    for (int r = 0; r < NR; r++) {
-        float s = warp_sum(acc[r]);
-        if (lane == 0) y[(size_t)r * out + row] = s;
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int n = 0; n < NR; n++) acc[r][n] = 0.f;
+    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
+        if (c != (int)threadIdx.x) {
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                q[r] = row0 + r < out ? __ldg(w + (size_t)(row0 + r) * chunks + c)
+                                      : make_uint4(0, 0, 0, 0);
+        }
+        float sc[R];
+        if (FMT == ENG_W_I4) {
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                sc[r] = row0 + r < out ? __ldg(scales + (size_t)(row0 + r) * ngroups + (c * V) / group)
+                                       : 0.f;
+        }
+#pragma unroll
+        for (int sub = 0; sub < V / 8; sub++) {
+            float xf[NR][8];
+            int k = c * V + sub * 8;
+            if (PRE == ENG_PRE_SILU_MUL) {
+#pragma unroll
+                for (int n = 0; n < NR; n++) {
+                    float g[8];
+                    load8(x + (size_t)n * 2 * in + k, g);
+                    load8(x + (size_t)n * 2 * in + in + k, xf[n]);
+#pragma unroll
+                    for (int j = 0; j < 8; j++) xf[n][j] *= g[j] / (1.f + __expf(-g[j]));
+                }
+            } else {
+#pragma unroll
+                for (int n = 0; n < NR; n++) load8(x + (size_t)n * in + k, xf[n]);
+            }
+            if (PRE == ENG_PRE_RMSNORM) {
+                float nw[8];
+                load8(norm + k, nw);
+#pragma unroll
+                for (int n = 0; n < NR; n++)
+#pragma unroll
+                    for (int j = 0; j < 8; j++) xf[n][j] = xf[n][j] * s_inv[n] * nw[j];
+            }
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float wf[V];
+                wload<FMT>::unpack(q[r], wf);
+                float part[NR];
+#pragma unroll
+                for (int n = 0; n < NR; n++) {
+                    part[n] = 0.f;
+#pragma unroll
+                    for (int j = 0; j < 8; j++) part[n] = fmaf(wf[sub * 8 + j], xf[n][j], part[n]);
+                }
+#pragma unroll
+                for (int n = 0; n < NR; n++)
+                    acc[r][n] = FMT == ENG_W_I4 ? fmaf(part[n], sc[r], acc[r][n]) : acc[r][n] + part[n];
+            }
+        }
+    }
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int n = 0; n < NR; n++) {
+            float v = warp_sum(acc[r][n]);
+            if (lane == 0) s_part[warp][r * NR + n] = v;
+        }
+    __syncthreads();
+    for (int i = threadIdx.x; i < R * NR; i += blockDim.x) {
+        int r = i / NR, n = i % NR;
+        if (row0 + r >= out) continue;
+        float v = 0.f;
+        for (int k = 0; k < nwarps; k++) v += s_part[k][i];
+        if (FMT == ENG_W_I8) v *= scales[row0 + r];
+        if (ACC)
+            y[(size_t)n * out + row0 + r] += v;
+        else
+            y[(size_t)n * out + row0 + r] = v;
     }
 }
 
@@ -198,23 +254,63 @@ __global__ void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n) {
         dst[i] = __float2bfloat16_rn(src[i]);
 }
 
-template <int NR>
-static void launch_gemv(const eng_weight *w, float *y, const float *x, cudaStream_t st) {
-    int blocks = (int)((w->out + GEMV_WARPS - 1) / GEMV_WARPS);
-    int out = (int)w->out, in = (int)w->in;
+/* Threads per block: enough 16-byte chunks for each (at most 256, at least one warp). */
+static int gemv_threads(int chunks) {
+    int t = chunks < 256 ? chunks : 256;
+    t = (t + 31) / 32 * 32;
+    return t < 32 ? 32 : t;
+}
+
+/* Rows of W per block: more rows reuse each x load more often, fewer give small matrices
+ * enough blocks to keep every SM streaming. */
+template <int FMT> struct rows_per_block { static constexpr int big = FMT == ENG_W_BF16 ? 4 : 8; };
+
+template <int FMT, int NR, int R, int PRE, int ACC>
+static cudaError_t launch_k(const eng_weight *w, float *y, const float *x, const float *norm,
+                            float eps, cudaStream_t st) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)((w->out + R - 1) / R));
+    cfg.blockDim = dim3((unsigned)gemv_threads((int)w->in / wload<FMT>::vals));
+    cfg.stream = st;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    return cudaLaunchKernelEx(&cfg, k_gemv<FMT, NR, R, PRE, ACC>, y, x, (const uint4 *)w->data,
+                              w->scales, (int)w->out, (int)w->in, w->group, norm, eps);
+}
+
+template <int FMT, int NR, int PRE, int ACC>
+static cudaError_t launch_fmt(const eng_weight *w, float *y, const float *x, const float *norm,
+                              float eps, cudaStream_t st) {
+    constexpr int RB = rows_per_block<FMT>::big;
+    if (w->out / RB >= 264) return launch_k<FMT, NR, RB, PRE, ACC>(w, y, x, norm, eps, st);
+    return launch_k<FMT, NR, 2, PRE, ACC>(w, y, x, norm, eps, st);
+}
+
+template <int NR, int PRE, int ACC>
+static cudaError_t launch_pre(const eng_weight *w, float *y, const float *x, const float *norm,
+                              float eps, cudaStream_t st) {
     switch (w->fmt) {
-    case ENG_W_BF16:
-        k_gemv_bf16<NR><<<blocks, GEMV_WARPS * 32, 0, st>>>(y, x, (const uint4 *)w->data, out, in);
-        break;
-    case ENG_W_I8:
-        k_gemv_i8<NR><<<blocks, GEMV_WARPS * 32, 0, st>>>(y, x, (const uint4 *)w->data, w->scales,
-                                                          out, in);
-        break;
-    default:
-        k_gemv_i4<NR><<<blocks, GEMV_WARPS * 32, 0, st>>>(y, x, (const uint4 *)w->data, w->scales,
-                                                          out, in, w->group);
-        break;
+    case ENG_W_BF16: return launch_fmt<ENG_W_BF16, NR, PRE, ACC>(w, y, x, norm, eps, st);
+    case ENG_W_I8: return launch_fmt<ENG_W_I8, NR, PRE, ACC>(w, y, x, norm, eps, st);
+    default: return launch_fmt<ENG_W_I4, NR, PRE, ACC>(w, y, x, norm, eps, st);
     }
+}
+
+/* Picks the template for the fused variant; the plain linear is PRE_NONE without ACC. */
+template <int NR>
+static cudaError_t launch_gemv(const eng_weight *w, float *y, const float *x, int pre, int acc,
+                               const float *norm, float eps, cudaStream_t st) {
+    if (pre == ENG_PRE_RMSNORM)
+        return acc ? launch_pre<NR, ENG_PRE_RMSNORM, 1>(w, y, x, norm, eps, st)
+                   : launch_pre<NR, ENG_PRE_RMSNORM, 0>(w, y, x, norm, eps, st);
+    if (pre == ENG_PRE_SILU_MUL)
+        return acc ? launch_pre<NR, ENG_PRE_SILU_MUL, 1>(w, y, x, norm, eps, st)
+                   : launch_pre<NR, ENG_PRE_SILU_MUL, 0>(w, y, x, norm, eps, st);
+    return acc ? launch_pre<NR, ENG_PRE_NONE, 1>(w, y, x, norm, eps, st)
+               : launch_pre<NR, ENG_PRE_NONE, 0>(w, y, x, norm, eps, st);
 }
 
 static int vector_path_ok(const eng_weight *w) {
@@ -226,12 +322,25 @@ static int vector_path_ok(const eng_weight *w) {
     }
 }
 
+/* Scratch the cuBLAS path needs for a weight and up to GEMM_RESERVE_ROWS rows of x: reserved when
+ * the weight is loaded, so a product recorded into a step graph never has to allocate. */
+#define GEMM_RESERVE_ROWS 256
+static size_t gemm_scratch_bytes(const eng_weight *w, int64_t n) {
+    size_t xb = ((size_t)n * (size_t)w->in * 2 + 255) / 256 * 256;
+    return xb + (w->fmt != ENG_W_BF16 ? (size_t)w->out * (size_t)w->in * 2 : 0);
+}
+
+int cuda_linear_reserve(eng_backend *be, const eng_weight *w) {
+    void *p = NULL;
+    return cuda_scratch(be, gemm_scratch_bytes(w, GEMM_RESERVE_ROWS), &p);
+}
+
 static int gemm_cublas(eng_backend *be, float *y, const float *x, const eng_weight *w, int n) {
     cuda_impl *c = cuda_of(be);
-    size_t xel = (size_t)n * w->in, wel = (size_t)w->out * w->in;
+    size_t xel = (size_t)n * w->in;
     int needs_w = w->fmt != ENG_W_BF16;
     void *scratch = NULL;
-    int rc = cuda_scratch(be, xel * 2 + (needs_w ? wel * 2 : 0) + 256, &scratch);
+    int rc = cuda_scratch(be, gemm_scratch_bytes(w, n), &scratch);
     if (rc) return rc;
     __nv_bfloat16 *xb = (__nv_bfloat16 *)scratch;
     __nv_bfloat16 *wb = (__nv_bfloat16 *)w->data;
@@ -251,43 +360,88 @@ static int gemm_cublas(eng_backend *be, float *y, const float *x, const eng_weig
     return 0;
 }
 
-int cuda_linear(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w) {
+/* Runs the small-n kernels over x in slices of 8, 4, 2 and 1 rows (decoding uses even row
+ * counts; the model pads to power-of-two buckets). */
+static int gemv_rows(eng_backend *be, float *yp, const float *xp, const eng_weight *w, int64_t n,
+                     int pre, int acc, const float *norm, float eps) {
+    cudaStream_t st = cuda_of(be)->stream;
+    int64_t xin = pre == ENG_PRE_SILU_MUL ? 2 * w->in : w->in;
+    for (int64_t r0 = 0; r0 < n;) {
+        int64_t left = n - r0;
+        int m = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+        const float *xr = xp + r0 * xin;
+        float *yr = yp + r0 * w->out;
+        cudaError_t e;
+        switch (m) {
+        case 8: e = launch_gemv<8>(w, yr, xr, pre, acc, norm, eps, st); break;
+        case 4: e = launch_gemv<4>(w, yr, xr, pre, acc, norm, eps, st); break;
+        case 2: e = launch_gemv<2>(w, yr, xr, pre, acc, norm, eps, st); break;
+        default: e = launch_gemv<1>(w, yr, xr, pre, acc, norm, eps, st); break;
+        }
+        if (e != cudaSuccess)
+            return eng_backend_fail(be, ENG_EDEVICE, "linear: launch: %s", cudaGetErrorString(e));
+        r0 += m;
+    }
+    return 0;
+}
+
+static int check_linear_args(eng_backend *be, const eng_tensor *y, const eng_tensor *x,
+                             const eng_weight *w, int64_t xin) {
     int64_t n = x->shape[0];
     CUDA_REQUIRE(be, x->ndim >= 2 && x->dtype == ENG_DT_F32 && y->dtype == ENG_DT_F32, "linear",
                  "x and y must be F32 [n, features]");
-    CUDA_REQUIRE(be, eng_numel(x) == n * w->in && eng_numel(y) == n * w->out, "linear",
+    CUDA_REQUIRE(be, eng_numel(x) == n * xin && eng_numel(y) == n * w->out, "linear",
                  "x has %lld values, y %lld, for n=%lld and weight [%lld, %lld]",
                  (long long)eng_numel(x), (long long)eng_numel(y), (long long)n,
                  (long long)w->out, (long long)w->in);
     CUDA_REQUIRE(be, w->fmt == ENG_W_BF16 || w->fmt == ENG_W_I8 || w->fmt == ENG_W_I4, "linear",
                  "weight format %s is not loaded for CUDA", eng_wfmt_name(w->fmt));
+    return 0;
+}
+
+int cuda_linear(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w) {
+    int rc = check_linear_args(be, y, x, w, w->in);
+    if (rc) return rc;
+    int64_t n = x->shape[0];
     if (n == 0) return 0;
-    cudaStream_t st = cuda_of(be)->stream;
     const float *xp = (const float *)x->data;
     float *yp = (float *)y->data;
     if (n > 2 * GEMV_MAX_ROWS) return gemm_cublas(be, yp, xp, w, (int)n);
     if (!vector_path_ok(w)) {
         int blocks = (int)((w->out + GEMV_WARPS - 1) / GEMV_WARPS);
-        k_gemv_any<<<blocks, GEMV_WARPS * 32, 0, st>>>(yp, xp, w->data, w->scales, w->fmt, (int)n,
-                                                       (int)w->out, (int)w->in, w->group);
+        k_gemv_any<<<blocks, GEMV_WARPS * 32, 0, cuda_of(be)->stream>>>(
+            yp, xp, w->data, w->scales, w->fmt, (int)n, (int)w->out, (int)w->in, w->group);
         CU_LAUNCHED(be);
         return 0;
     }
-    for (int64_t r0 = 0; r0 < n; r0 += GEMV_MAX_ROWS) {
-        int m = (int)(n - r0 < GEMV_MAX_ROWS ? n - r0 : GEMV_MAX_ROWS);
-        const float *xr = xp + r0 * w->in;
-        float *yr = yp + r0 * w->out;
-        switch (m) {
-        case 1: launch_gemv<1>(w, yr, xr, st); break;
-        case 2: launch_gemv<2>(w, yr, xr, st); break;
-        case 3: launch_gemv<3>(w, yr, xr, st); break;
-        case 4: launch_gemv<4>(w, yr, xr, st); break;
-        case 5: launch_gemv<5>(w, yr, xr, st); break;
-        case 6: launch_gemv<6>(w, yr, xr, st); break;
-        case 7: launch_gemv<7>(w, yr, xr, st); break;
-        default: launch_gemv<8>(w, yr, xr, st); break;
+    return gemv_rows(be, yp, xp, w, n, ENG_PRE_NONE, 0, NULL, 0.f);
+}
+
+/* Fused where the small-n kernels apply; otherwise the composition through the scratch. */
+int cuda_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w,
+                   const eng_linear_args *a) {
+    int64_t n = x->shape[0];
+    int fused = n <= 2 * GEMV_MAX_ROWS && vector_path_ok(w) &&
+                (a->pre != ENG_PRE_RMSNORM || (a->norm && eng_numel(a->norm) == w->in &&
+                                               w->in % 4 == 0));
+    if (!fused) {
+        const eng_tensor *in = x;
+        int rc;
+        if (a->pre != ENG_PRE_NONE) {
+            CUDA_REQUIRE(be, a->tmp_in != NULL, "linear_ex", "pre-op needs tmp_in scratch");
+            rc = a->pre == ENG_PRE_RMSNORM ? cuda_rmsnorm(be, a->tmp_in, x, a->norm, a->eps)
+                                           : cuda_silu_mul(be, a->tmp_in, x);
+            if (rc) return rc;
+            in = a->tmp_in;
         }
-        CU_LAUNCHED(be);
+        if (!a->accumulate) return cuda_linear(be, y, in, w);
+        CUDA_REQUIRE(be, a->tmp_out != NULL, "linear_ex", "accumulate needs tmp_out scratch");
+        rc = cuda_linear(be, a->tmp_out, in, w);
+        return rc ? rc : cuda_add(be, y, a->tmp_out);
     }
-    return 0;
+    int rc = check_linear_args(be, y, x, w, a->pre == ENG_PRE_SILU_MUL ? 2 * w->in : w->in);
+    if (rc) return rc;
+    if (n == 0) return 0;
+    return gemv_rows(be, (float *)y->data, (const float *)x->data, w, n, a->pre, a->accumulate,
+                     a->pre == ENG_PRE_RMSNORM ? (const float *)a->norm->data : NULL, a->eps);
 }

@@ -160,6 +160,63 @@ TEST(linear_all_formats) {
             }
 }
 
+/* The fused linear (norm prologue, silu*up prologue, residual accumulate) against the CPU's
+ * composition of plain ops, for the decoder's shapes and a few row counts. */
+static void check_linear_ex(eng_wfmt fmt, int pre, int acc, int64_t n, int64_t out, int64_t in) {
+    float *wf = rand_array((size_t)(out * in), 0.05f);
+    int64_t xin = pre == ENG_PRE_SILU_MUL ? 2 * in : in;
+    float *x = rand_array((size_t)(n * xin), 2.0f), *nw = rand_array((size_t)in, 1.0f);
+    float *y0 = rand_array((size_t)(n * out), 1.0f);
+    eng_weight host = {fmt, out, in, fmt == ENG_W_I4 ? 128 : 0, NULL, NULL};
+    void *owned = NULL;
+    float *scales = NULL;
+    if (fmt == ENG_W_BF16) {
+        uint16_t *b = malloc((size_t)(out * in) * 2);
+        for (int64_t i = 0; i < out * in; i++) b[i] = eng_f32_to_bf16(wf[i]);
+        owned = b;
+    } else {
+        quantize_rows(wf, out, in, fmt, 128, &owned, &scales);
+    }
+    host.data = owned;
+    host.scales = scales;
+    eng_weight wc, wg;
+    ASSERT_OK(cpu->ops->weight_load(cpu, &host, &wc));
+    ASSERT_OK(gpu->ops->weight_load(gpu, &host, &wg));
+    int64_t xs[2] = {n, xin}, ys[2] = {n, out}, ns[1] = {in}, ts[2] = {n, in};
+    pair px = make_pair(x, ENG_DT_F32, 2, xs), py = make_pair(y0, ENG_DT_F32, 2, ys);
+    pair pn = make_pair(nw, ENG_DT_F32, 1, ns);
+    pair ti = make_pair(NULL, ENG_DT_F32, 2, ts), to = make_pair(NULL, ENG_DT_F32, 2, ys);
+    eng_linear_args ac = {pre, &pn.c, 1e-5f, acc, &ti.c, &to.c};
+    eng_linear_args ag = {pre, &pn.g, 1e-5f, acc, &ti.g, &to.g};
+    ASSERT_OK(eng_linear_ex(cpu, &py.c, &px.c, &wc, &ac));
+    ASSERT_OK(eng_linear_ex(gpu, &py.g, &px.g, &wg, &ag));
+    char what[112];
+    snprintf(what, sizeof what, "linear_ex %s pre=%d acc=%d n=%lld [%lld,%lld]",
+             eng_wfmt_name(fmt), pre, acc, (long long)n, (long long)out, (long long)in);
+    double atol = n > 16 ? 3e-2 : 5e-4, rtol = n > 16 ? 1e-2 : 2e-4;
+    int bad = same(what, &py, atol, rtol);
+    cpu->ops->weight_release(cpu, &wc);
+    gpu->ops->weight_release(gpu, &wg);
+    free_pair(&px); free_pair(&py); free_pair(&pn); free_pair(&ti); free_pair(&to);
+    free(owned); free(scales); free(wf); free(x); free(nw); free(y0);
+    ASSERT_EQ(bad, 0);
+}
+
+TEST(linear_ex_fused_prologues) {
+    const eng_wfmt fmts[] = {ENG_W_BF16, ENG_W_I8, ENG_W_I4};
+    const int64_t ns[] = {1, 2, 5, 20};
+    for (size_t f = 0; f < 3; f++)
+        for (int pre = 0; pre < 3; pre++)
+            for (int acc = 0; acc < 2; acc++)
+                for (size_t k = 0; k < 4; k++) {
+                    int64_t out = pre == ENG_PRE_SILU_MUL ? 256 : 1024;
+                    int64_t in = pre == ENG_PRE_SILU_MUL ? 1024 : 512;
+                    check_linear_ex(fmts[f], pre, acc, ns[k], out, in);
+                    if (test_failed_) return;
+                }
+    check_linear_ex(ENG_W_BF16, ENG_PRE_RMSNORM, 0, 2, 64, 64); /* tiny model: composed path */
+}
+
 TEST(f32_weights_become_bf16) {
     /* An F32 weight is stored as BF16 on the device; compare with the CPU op on bf16 weights. */
     int64_t out = 256, in = 512, n = 2;

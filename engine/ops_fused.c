@@ -1,0 +1,27 @@
+/* ops_fused.c - fused ops expressed through the plain ones, for backends without kernels. */
+#include "engine/ops.h"
+
+int eng_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w,
+                  const eng_linear_args *a) {
+    if (be->ops->linear_ex) return be->ops->linear_ex(be, y, x, w, a);
+    const eng_tensor *in = x;
+    int rc;
+    if (a->pre != ENG_PRE_NONE) {
+        if (!a->tmp_in)
+            return eng_backend_fail(be, ENG_EINVAL, "linear_ex: pre-op needs tmp_in scratch");
+        if (a->pre == ENG_PRE_RMSNORM)
+            rc = be->ops->rmsnorm(be, a->tmp_in, x, a->norm, a->eps);
+        else if (a->pre == ENG_PRE_SILU_MUL)
+            rc = be->ops->silu_mul(be, a->tmp_in, x);
+        else
+            return eng_backend_fail(be, ENG_EINVAL, "linear_ex: unknown pre-op %d", a->pre);
+        if (rc) return rc;
+        in = a->tmp_in;
+    }
+    if (!a->accumulate) return be->ops->linear(be, y, in, w);
+    if (!a->tmp_out)
+        return eng_backend_fail(be, ENG_EINVAL, "linear_ex: accumulate needs tmp_out scratch");
+    rc = be->ops->linear(be, a->tmp_out, in, w);
+    if (rc) return rc;
+    return be->ops->add(be, y, a->tmp_out);
+}

@@ -1,0 +1,418 @@
+/* job.c - the job schema (v1): parse and validate one payload with cJSON.
+ *
+ * cJSON 1.7.15 pitfalls handled here (spec/queue.md §4.10): lookups are case-sensitive
+ * (cJSON_GetObjectItemCaseSensitive), the length is explicit (cJSON_ParseWithLengthOpts), the
+ * nesting limit is cJSON's 1000, invalid UTF-8 passes cJSON unchecked so text is validated here,
+ * "\u0000" would silently truncate a cJSON string so payloads holding it are refused,
+ * numbers are doubles so ids must be strings. With duplicate keys cJSON returns the first. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "queue/queue.h"
+
+void queue_job_limits_default(queue_job_limits *lim) {
+    lim->max_payload_bytes = 1 << 20;
+    lim->max_text_bytes = 1024;
+    lim->max_attempts_cap = 10;
+    lim->max_seconds_cap = 60;
+    lim->timeout_s_cap = 3600;
+    lim->result_ttl_cap_s = 30L * 86400;
+}
+
+void queue_random_hex(char out[33]) {
+    unsigned char b[16];
+    if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) {
+        /* Fallback only when getrandom is unavailable: not secret, just unlikely to collide. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^
+                     ((uint64_t)getpid() << 40);
+        for (int i = 0; i < 16; i++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b[i] = (unsigned char)x;
+        }
+    }
+    for (int i = 0; i < 16; i++) snprintf(out + 2 * i, 3, "%02x", b[i]);
+}
+
+int queue_utf8_valid(const char *s, size_t n) {
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = p[i];
+        if (c == 0) return 0;
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        int extra;
+        unsigned cp;
+        if (c >= 0xC2 && c <= 0xDF) {
+            extra = 1;
+            cp = c & 0x1F;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            extra = 2;
+            cp = c & 0x0F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            extra = 3;
+            cp = c & 0x07;
+        } else {
+            return 0; /* continuation byte, overlong lead C0/C1, or > U+10FFFF */
+        }
+        if ((size_t)extra >= n - i) return 0; /* truncated sequence */
+        for (int k = 1; k <= extra; k++) {
+            if ((p[i + k] & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (p[i + k] & 0x3F);
+        }
+        if ((extra == 2 && cp < 0x800) || (extra == 3 && (cp < 0x10000 || cp > 0x10FFFF)))
+            return 0;
+        if (cp >= 0xD800 && cp <= 0xDFFF) return 0;
+        i += (size_t)extra + 1;
+    }
+    return 1;
+}
+
+int queue_id_valid(const char *id, size_t n) {
+    if (n < 1 || n > QUEUE_ID_MAX) return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)id[i];
+        if (!(isalnum(c) || c == '.' || c == '_' || c == ':' || c == '-')) return 0;
+    }
+    return 1;
+}
+
+int queue_path_safe(const char *rel) {
+    size_t n = strlen(rel);
+    if (n == 0 || n > QUEUE_PATH_MAX) return 0;
+    const char *comp = rel;
+    for (size_t i = 0; i <= n; i++) {
+        if (i == n || rel[i] == '/') {
+            size_t len = (size_t)(rel + i - comp);
+            if (len == 0 || comp[0] == '.') return 0; /* "", ".", "..", hidden names */
+            comp = rel + i + 1;
+            continue;
+        }
+        unsigned char c = (unsigned char)rel[i];
+        if (!(isalnum(c) || c == '.' || c == '_' || c == '-')) return 0;
+    }
+    return 1;
+}
+
+char *queue_job_with_id(const char *raw, size_t len, const char *id, size_t *out_len) {
+    size_t at = 0;
+    while (at < len && raw[at] != '{') at++;
+    if (at == len) return NULL;
+    size_t idn = strlen(id);
+    /* Is the object empty ("{ }")? Then no comma after the inserted member. */
+    size_t k = at + 1;
+    while (k < len && isspace((unsigned char)raw[k])) k++;
+    int empty = k < len && raw[k] == '}';
+    size_t n = len + idn + 9;
+    char *s = malloc(n + 1);
+    if (!s) return NULL;
+    memcpy(s, raw, at + 1);
+    size_t w = at + 1;
+    w += (size_t)sprintf(s + w, "\"id\":\"%s\"%s", id, empty ? "" : ",");
+    memcpy(s + w, raw + at + 1, len - at - 1);
+    w += len - at - 1;
+    s[w] = '\0';
+    *out_len = w;
+    return s;
+}
+
+static int fail(queue_job_error *err, const char *code, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* Records a validation failure; always returns -1 so callers can `return fail(...)`. */
+static int fail(queue_job_error *err, const char *code, const char *field, const char *fmt, ...) {
+    snprintf(err->code, sizeof err->code, "%s", code);
+    snprintf(err->field, sizeof err->field, "%s", field ? field : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof err->message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Copies an optional string field into dst (cap bytes incl. NUL). Returns 0 when absent or
+ * copied, -1 (with err) when it is not a string, is empty, too long, or holds a NUL escape. */
+static int get_string(const cJSON *obj, const char *field, char *dst, size_t cap,
+                      queue_job_error *err) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, field);
+    if (!it) return 0;
+    if (!cJSON_IsString(it) || !it->valuestring)
+        return fail(err, "invalid_field", field, "field '%s' must be a string", field);
+    size_t n = strlen(it->valuestring);
+    if (n == 0) return fail(err, "invalid_field", field, "field '%s' must not be empty", field);
+    if (n >= cap)
+        return fail(err, "invalid_field", field, "field '%s' is longer than %zu bytes", field,
+                    cap - 1);
+    memcpy(dst, it->valuestring, n + 1);
+    return 0;
+}
+
+/* Reads an optional number field in [lo, hi] into *dst. integer: must be a whole number. */
+static int get_number(const cJSON *obj, const char *field, double lo, double hi, int integer,
+                      double *dst, queue_job_error *err) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, field);
+    if (!it) return 0;
+    if (!cJSON_IsNumber(it))
+        return fail(err, "invalid_field", field, "field '%s' must be a number", field);
+    double v = it->valuedouble;
+    if (!isfinite(v) || v < lo || v > hi)
+        return fail(err, "invalid_field", field, "field '%s' = %g is outside [%g, %g]", field, v,
+                    lo, hi);
+    if (integer && v != floor(v))
+        return fail(err, "invalid_field", field, "field '%s' must be an integer", field);
+    *dst = v;
+    return 0;
+}
+
+static int get_bool(const cJSON *obj, const char *field, int *dst, queue_job_error *err) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, field);
+    if (!it) return 0;
+    if (!cJSON_IsBool(it))
+        return fail(err, "invalid_field", field, "field '%s' must be true or false", field);
+    *dst = cJSON_IsTrue(it) ? 1 : 0;
+    return 0;
+}
+
+/* The fields each job type knows; anything else is ignored and listed for the log. */
+static const char *const common_fields[] = {"v", "id", "type", "max_attempts", "timeout_s",
+                                            "priority", "reply_to", "result_ttl_s", NULL};
+static const char *const synth_fields[] = {"text", "model", "variant", "format", "seed", "speed",
+                                           "cfg_scale", "temperature", "top_p",
+                                           "cfg_filter_top_k", "max_seconds", "output", NULL};
+static const char *const quant_fields[] = {"model", "source", "method", "force", NULL};
+
+static int in_list(const char *const *list, const char *s) {
+    for (; *list; list++)
+        if (strcmp(*list, s) == 0) return 1;
+    return 0;
+}
+
+/* Fields every synthesize job may carry. Knobs outside the ranges Dia accepts are rejected so a
+ * bad request fails fast instead of sampling garbage. */
+static int parse_synthesize(const cJSON *obj, const queue_job_limits *lim, queue_job *job,
+                            queue_job_error *err) {
+    const cJSON *text = cJSON_GetObjectItemCaseSensitive(obj, "text");
+    if (!text) return fail(err, "missing_field", "text", "field 'text' is required");
+    if (!cJSON_IsString(text) || !text->valuestring)
+        return fail(err, "invalid_field", "text", "field 'text' must be a string");
+    size_t n = strlen(text->valuestring);
+    if (n == 0) return fail(err, "missing_field", "text", "field 'text' must not be empty");
+    if (n > lim->max_text_bytes)
+        return fail(err, "text_too_long", "text", "field 'text' has %zu bytes; the maximum is %zu",
+                    n, lim->max_text_bytes);
+    if (!queue_utf8_valid(text->valuestring, n))
+        return fail(err, "invalid_utf8", "text", "field 'text' is not valid UTF-8");
+    if (get_string(obj, "model", job->model, sizeof job->model, err) ||
+        get_string(obj, "variant", job->variant, sizeof job->variant, err) ||
+        get_string(obj, "format", job->format, sizeof job->format, err) ||
+        get_string(obj, "output", job->output, sizeof job->output, err))
+        return -1;
+    if (job->variant[0] && strcmp(job->variant, "original") && strcmp(job->variant, "int8") &&
+        strcmp(job->variant, "int4") && strcmp(job->variant, "auto"))
+        return fail(err, "invalid_field", "variant",
+                    "field 'variant' must be auto, original, int8 or int4, not '%s'", job->variant);
+    if (!job->format[0]) strcpy(job->format, "wav");
+    if (strcmp(job->format, "wav") && strcmp(job->format, "flac") && strcmp(job->format, "ogg"))
+        return fail(err, "invalid_field", "format", "field 'format' must be wav, flac or ogg");
+    double seed = -1, top_k = 45;
+    job->cfg_scale = 3.0;
+    job->temperature = 1.2;
+    job->top_p = 0.95;
+    if (get_number(obj, "seed", 0, 9007199254740991.0, 1, &seed, err) ||
+        get_number(obj, "cfg_scale", 1.0, 20.0, 0, &job->cfg_scale, err) ||
+        get_number(obj, "temperature", 0.0, 5.0, 0, &job->temperature, err) ||
+        get_number(obj, "top_p", 0.0, 1.0, 0, &job->top_p, err) ||
+        get_number(obj, "cfg_filter_top_k", 1, 1028, 1, &top_k, err) ||
+        get_number(obj, "max_seconds", 0.1, lim->max_seconds_cap, 0, &job->max_seconds, err))
+        return -1;
+    if (seed >= 0) {
+        job->seed = (uint64_t)seed;
+        job->has_seed = 1;
+    }
+    job->cfg_filter_top_k = (int)top_k;
+    /* Dia has no speed control; the field is reserved so a request for one fails loudly. */
+    double speed = 1.0;
+    if (get_number(obj, "speed", 1.0, 1.0, 0, &speed, err)) return -1;
+    if (job->output[0]) {
+        if (!queue_path_safe(job->output))
+            return fail(err, "path_escape", "output",
+                        "field 'output' must be a relative path inside the output directory "
+                        "(components of [A-Za-z0-9._-], no '..' or leading '.')");
+    } else {
+        snprintf(job->output, sizeof job->output, "%s.%s", job->id, job->format);
+        for (char *c = job->output; *c; c++)
+            if (*c == ':') *c = '_'; /* ids may hold ':'; file names here do not */
+    }
+    job->text = malloc(n + 1);
+    if (!job->text) return fail(err, "invalid_field", "text", "out of memory copying 'text'");
+    memcpy(job->text, text->valuestring, n + 1);
+    job->text_len = n;
+    return 0;
+}
+
+static int parse_quantize(const cJSON *obj, queue_job *job, queue_job_error *err) {
+    if (get_string(obj, "model", job->model, sizeof job->model, err) ||
+        get_string(obj, "source", job->source, sizeof job->source, err) ||
+        get_string(obj, "method", job->method, sizeof job->method, err) ||
+        get_bool(obj, "force", &job->force, err))
+        return -1;
+    if (!job->method[0]) return fail(err, "missing_field", "method", "field 'method' is required");
+    if (strcmp(job->method, "int8") && strcmp(job->method, "int4"))
+        return fail(err, "invalid_field", "method", "field 'method' must be int8 or int4, not '%s'",
+                    job->method);
+    if (!job->source[0]) strcpy(job->source, "original");
+    if (!queue_path_safe(job->source) || (job->model[0] && !queue_path_safe(job->model)))
+        return fail(err, "invalid_field", job->model[0] ? "model" : "source",
+                    "model and source must be plain names");
+    return 0;
+}
+
+int queue_job_parse(const char *raw, size_t len, const queue_job_limits *lim, queue_job *job,
+                    queue_job_error *err) {
+    queue_job_limits dl;
+    if (!lim) {
+        queue_job_limits_default(&dl);
+        lim = &dl;
+    }
+    memset(job, 0, sizeof *job);
+    memset(err, 0, sizeof *err);
+    if (len > lim->max_payload_bytes)
+        return fail(err, "too_large", "", "payload has %zu bytes; the maximum is %zu", len,
+                    lim->max_payload_bytes);
+    /* cJSON needs a terminated buffer for the require-termination check; raw may not be. */
+    char *buf = malloc(len + 1);
+    if (!buf) return fail(err, "too_large", "", "out of memory for %zu bytes", len);
+    memcpy(buf, raw, len);
+    buf[len] = '\0';
+    int rc = -1;
+    const char *nul = memchr(buf, '\0', len);
+    if (nul) {
+        /* cJSON would stop at the NUL and accept a prefix of the payload. */
+        fail(err, "invalid_json", "", "payload is not JSON: NUL byte at offset %zu",
+             (size_t)(nul - buf));
+        free(buf);
+        return -1;
+    }
+    /* cJSON turns "\u0000" into a NUL that silently truncates the string: refuse it. */
+    for (size_t i = 0; i + 6 <= len; i++) {
+        if (buf[i] != '\\') continue;
+        if (buf[i + 1] == 'u' && !memcmp(buf + i + 2, "0000", 4)) {
+            rc = fail(err, "invalid_json", "", "payload holds \\u0000 at offset %zu, which "
+                      "voxq does not accept", i);
+            free(buf);
+            return rc;
+        }
+        i++; /* skip the escaped character so "\\\\u0000" is not mistaken */
+    }
+    const char *end = NULL;
+    cJSON *obj = cJSON_ParseWithLengthOpts(buf, len + 1, &end, 1);
+    if (!obj) {
+        size_t at = end && end >= buf ? (size_t)(end - buf) : 0;
+        fail(err, "invalid_json", "", "payload is not JSON (error near byte %zu of %zu)", at, len);
+        goto out;
+    }
+    if (!cJSON_IsObject(obj)) {
+        fail(err, "not_object", "", "payload must be a JSON object");
+        goto out;
+    }
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "v");
+    if (v && !(cJSON_IsNumber(v) && v->valuedouble == 1)) {
+        fail(err, "invalid_field", "v", "field 'v' must be 1 (this worker speaks schema v1)");
+        goto out;
+    }
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
+    if (id) {
+        if (!cJSON_IsString(id) || !id->valuestring) {
+            fail(err, "invalid_id", "id", "field 'id' must be a string of [A-Za-z0-9._:-]{1,128}");
+            goto out;
+        }
+        size_t n = strlen(id->valuestring);
+        if (!queue_id_valid(id->valuestring, n)) {
+            fail(err, "invalid_id", "id",
+                 "field 'id' must match [A-Za-z0-9._:-]{1,128} (got %zu bytes)", n);
+            goto out;
+        }
+        memcpy(job->id, id->valuestring, n + 1);
+    } else {
+        char hex[33];
+        queue_random_hex(hex);
+        snprintf(job->id, sizeof job->id, "w-%s", hex);
+        job->id_assigned = 1;
+    }
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(obj, "type");
+    if (!type) {
+        fail(err, "missing_field", "type", "field 'type' is required (synthesize or quantize)");
+        goto out;
+    }
+    if (cJSON_IsString(type) && type->valuestring && !strcmp(type->valuestring, "synthesize"))
+        job->type = QUEUE_JOB_SYNTHESIZE;
+    else if (cJSON_IsString(type) && type->valuestring && !strcmp(type->valuestring, "quantize"))
+        job->type = QUEUE_JOB_QUANTIZE;
+    else {
+        fail(err, "unknown_type", "type", "field 'type' must be \"synthesize\" or \"quantize\"");
+        goto out;
+    }
+    double max_attempts = 3, ttl = 86400;
+    char priority[16] = "";
+    if (get_number(obj, "max_attempts", 1, lim->max_attempts_cap, 1, &max_attempts, err) ||
+        get_number(obj, "timeout_s", 0, lim->timeout_s_cap, 0, &job->timeout_s, err) ||
+        get_number(obj, "result_ttl_s", 1, (double)lim->result_ttl_cap_s, 1, &ttl, err) ||
+        get_string(obj, "priority", priority, sizeof priority, err) ||
+        get_string(obj, "reply_to", job->reply_to, sizeof job->reply_to, err))
+        goto out;
+    job->max_attempts = (int)max_attempts;
+    job->result_ttl_s = (long)ttl;
+    if (priority[0] && strcmp(priority, "hi") && strcmp(priority, "normal")) {
+        fail(err, "invalid_field", "priority", "field 'priority' must be \"hi\" or \"normal\"");
+        goto out;
+    }
+    job->priority_hi = !strcmp(priority, "hi");
+    if (job->reply_to[0] && !queue_utf8_valid(job->reply_to, strlen(job->reply_to))) {
+        fail(err, "invalid_field", "reply_to", "field 'reply_to' is not valid UTF-8");
+        goto out;
+    }
+    rc = job->type == QUEUE_JOB_SYNTHESIZE ? parse_synthesize(obj, lim, job, err)
+                                           : parse_quantize(obj, job, err);
+    if (rc != 0) goto out;
+    /* List unknown fields for the log; they are ignored, never an error. */
+    const char *const *typed = job->type == QUEUE_JOB_SYNTHESIZE ? synth_fields : quant_fields;
+    size_t w = 0;
+    for (const cJSON *it = obj->child; it; it = it->next) {
+        if (!it->string || in_list(common_fields, it->string) || in_list(typed, it->string))
+            continue;
+        int m = snprintf(job->ignored + w, sizeof job->ignored - w, "%s%.40s", w ? "," : "",
+                         it->string);
+        if (m < 0 || (size_t)m >= sizeof job->ignored - w) break;
+        w += (size_t)m;
+    }
+out:
+    cJSON_Delete(obj);
+    free(buf);
+    if (rc != 0) {
+        free(job->text);
+        job->text = NULL;
+    }
+    return rc;
+}
+
+void queue_job_free(queue_job *job) {
+    if (!job) return;
+    free(job->text);
+    job->text = NULL;
+}

@@ -1,0 +1,265 @@
+/* test_job.c - the job schema: what is accepted, what is rejected with which code and field
+ * (spec/queue.md §6 cases 2-7 at the parser level). */
+#include "queue/queue.h"
+#include "test.h"
+
+static int parse(const char *json, queue_job *job, queue_job_error *err) {
+    return queue_job_parse(json, strlen(json), NULL, job, err);
+}
+
+/* Expects a rejection with `code`, and a message and field naming `field`. */
+#define EXPECT_REJECT(json, code_, field_)                                                         \
+    do {                                                                                           \
+        queue_job job_;                                                                            \
+        queue_job_error err_;                                                                      \
+        ASSERT_EQ(parse(json, &job_, &err_), -1);                                                  \
+        ASSERT_STREQ(err_.code, code_);                                                            \
+        ASSERT_STREQ(err_.field, field_);                                                          \
+        if ((field_)[0]) ASSERT_CONTAINS(err_.message, field_);                                    \
+    } while (0)
+
+TEST(valid_synthesize_defaults) {
+    queue_job job;
+    queue_job_error err;
+    ASSERT_OK(parse("{\"id\":\"a1\",\"type\":\"synthesize\",\"text\":\"[S1] Hello.\"}", &job,
+                    &err));
+    ASSERT_EQ(job.type, QUEUE_JOB_SYNTHESIZE);
+    ASSERT_STREQ(job.id, "a1");
+    ASSERT_EQ(job.id_assigned, 0);
+    ASSERT_STREQ(job.text, "[S1] Hello.");
+    ASSERT_EQ(job.max_attempts, 3);
+    ASSERT_EQ(job.result_ttl_s, 86400);
+    ASSERT_STREQ(job.format, "wav");
+    ASSERT_STREQ(job.output, "a1.wav");
+    ASSERT_NEAR(job.cfg_scale, 3.0, 0);
+    ASSERT_NEAR(job.temperature, 1.2, 1e-12);
+    ASSERT_NEAR(job.top_p, 0.95, 1e-12);
+    ASSERT_EQ(job.cfg_filter_top_k, 45);
+    ASSERT_EQ(job.priority_hi, 0);
+    queue_job_free(&job);
+}
+
+TEST(valid_synthesize_all_fields) {
+    queue_job job;
+    queue_job_error err;
+    ASSERT_OK(parse("{\"v\":1,\"id\":\"x:y.z-1_2\",\"type\":\"synthesize\",\"text\":\"h\xc3\xa9\","
+                    "\"format\":\"flac\",\"seed\":42,\"cfg_scale\":2.5,\"temperature\":1.0,"
+                    "\"top_p\":0.9,\"cfg_filter_top_k\":30,\"max_seconds\":5,\"output\":"
+                    "\"sub/dir/out.flac\",\"priority\":\"hi\",\"reply_to\":\"r:1\","
+                    "\"max_attempts\":5,\"timeout_s\":30,\"result_ttl_s\":60,\"extra\":1}",
+                    &job, &err));
+    ASSERT_STREQ(job.output, "sub/dir/out.flac");
+    ASSERT_EQ(job.seed, 42);
+    ASSERT_EQ(job.has_seed, 1);
+    ASSERT_EQ(job.priority_hi, 1);
+    ASSERT_STREQ(job.reply_to, "r:1");
+    ASSERT_EQ(job.max_attempts, 5);
+    ASSERT_EQ(job.result_ttl_s, 60);
+    ASSERT_STREQ(job.ignored, "extra");
+    queue_job_free(&job);
+}
+
+TEST(default_output_replaces_colons) {
+    queue_job job;
+    queue_job_error err;
+    ASSERT_OK(parse("{\"id\":\"a:b\",\"type\":\"synthesize\",\"text\":\"t\",\"format\":\"ogg\"}",
+                    &job, &err));
+    ASSERT_STREQ(job.output, "a_b.ogg");
+    queue_job_free(&job);
+}
+
+TEST(quantize) {
+    queue_job job;
+    queue_job_error err;
+    ASSERT_OK(parse("{\"id\":\"q\",\"type\":\"quantize\",\"model\":\"dia-1.6b\","
+                    "\"method\":\"int8\"}", &job, &err));
+    ASSERT_EQ(job.type, QUEUE_JOB_QUANTIZE);
+    ASSERT_STREQ(job.source, "original");
+    ASSERT_EQ(job.force, 0);
+    queue_job_free(&job);
+    EXPECT_REJECT("{\"id\":\"q\",\"type\":\"quantize\"}", "missing_field", "method");
+    EXPECT_REJECT("{\"id\":\"q\",\"type\":\"quantize\",\"method\":\"int3\"}", "invalid_field",
+                  "method");
+    EXPECT_REJECT("{\"id\":\"q\",\"type\":\"quantize\",\"method\":\"int8\",\"force\":1}",
+                  "invalid_field", "force");
+    EXPECT_REJECT("{\"id\":\"q\",\"type\":\"quantize\",\"method\":\"int8\",\"model\":\"../x\"}",
+                  "invalid_field", "model");
+}
+
+TEST(not_json) {
+    EXPECT_REJECT("hello", "invalid_json", "");
+    EXPECT_REJECT("{\"a\": 1", "invalid_json", "");
+    EXPECT_REJECT("{\"a\":1} trailing", "invalid_json", "");
+    EXPECT_REJECT("", "invalid_json", "");
+    /* The unquoted shell `LPUSH q {"a": 1}` arrives as two elements: "{a:" and "1}". */
+    EXPECT_REJECT("{a:", "invalid_json", "");
+    EXPECT_REJECT("1}", "invalid_json", "");
+    EXPECT_REJECT("[1,2]", "not_object", "");
+    EXPECT_REJECT("\"s\"", "not_object", "");
+}
+
+TEST(ids) {
+    EXPECT_REJECT("{\"id\":12,\"type\":\"synthesize\",\"text\":\"t\"}", "invalid_id", "id");
+    EXPECT_REJECT("{\"id\":\"\",\"type\":\"synthesize\",\"text\":\"t\"}", "invalid_id", "id");
+    EXPECT_REJECT("{\"id\":\"a b\",\"type\":\"synthesize\",\"text\":\"t\"}", "invalid_id", "id");
+    EXPECT_REJECT("{\"id\":\"a/b\",\"type\":\"synthesize\",\"text\":\"t\"}", "invalid_id", "id");
+    char big[400];
+    snprintf(big, sizeof big, "{\"id\":\"%0129d\",\"type\":\"synthesize\",\"text\":\"t\"}", 0);
+    EXPECT_REJECT(big, "invalid_id", "id");
+    snprintf(big, sizeof big, "{\"id\":\"%0128d\",\"type\":\"synthesize\",\"text\":\"t\"}", 0);
+    queue_job job;
+    queue_job_error err;
+    ASSERT_OK(parse(big, &job, &err));
+    queue_job_free(&job);
+    /* No id: the parser assigns one and says so. */
+    ASSERT_OK(parse("{\"type\":\"synthesize\",\"text\":\"t\"}", &job, &err));
+    ASSERT_EQ(job.id_assigned, 1);
+    ASSERT_TRUE(queue_id_valid(job.id, strlen(job.id)));
+    queue_job_free(&job);
+}
+
+TEST(types_and_fields) {
+    EXPECT_REJECT("{\"id\":\"a\",\"text\":\"t\"}", "missing_field", "type");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"dance\",\"text\":\"t\"}", "unknown_type", "type");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"Synthesize\",\"text\":\"t\"}", "unknown_type", "type");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\"}", "missing_field", "text");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"\"}", "missing_field", "text");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":5}", "invalid_field", "text");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"speed\":99}",
+                  "invalid_field", "speed");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"temperature\":\"hot\"}",
+                  "invalid_field", "temperature");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"top_p\":1.5}",
+                  "invalid_field", "top_p");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"seed\":1.5}",
+                  "invalid_field", "seed");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"format\":\"mp3\"}",
+                  "invalid_field", "format");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"max_attempts\":11}",
+                  "invalid_field", "max_attempts");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"max_seconds\":1e9}",
+                  "invalid_field", "max_seconds");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"priority\":\"top\"}",
+                  "invalid_field", "priority");
+    EXPECT_REJECT("{\"v\":2,\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\"}", "invalid_field",
+                  "v");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"variant\":\"fp8\"}",
+                  "invalid_field", "variant");
+}
+
+TEST(case_sensitive_and_duplicates) {
+    /* "ID" is not "id": the job has no id, so one is assigned. */
+    queue_job job;
+    queue_job_error err;
+    ASSERT_OK(parse("{\"ID\":\"upper\",\"type\":\"synthesize\",\"text\":\"t\"}", &job, &err));
+    ASSERT_EQ(job.id_assigned, 1);
+    ASSERT_STREQ(job.ignored, "ID");
+    queue_job_free(&job);
+    EXPECT_REJECT("{\"id\":\"a\",\"Type\":\"synthesize\",\"text\":\"t\"}", "missing_field", "type");
+    /* Duplicate keys: the first wins (cJSON 1.7.15 behaviour, documented in docs/queue.md). */
+    ASSERT_OK(parse("{\"id\":\"first\",\"id\":\"second\",\"type\":\"synthesize\",\"text\":\"t\"}",
+                    &job, &err));
+    ASSERT_STREQ(job.id, "first");
+    queue_job_free(&job);
+}
+
+TEST(hostile_text) {
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"a\\u0000b\"}", "invalid_json",
+                  "");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"\xff\xfe\"}", "invalid_utf8",
+                  "text");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"\xc0\xaf\"}", "invalid_utf8",
+                  "text");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"\xed\xa0\x80\"}",
+                  "invalid_utf8", "text");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"\xe2\x82\"}", "invalid_utf8",
+                  "text");
+    /* An escaped backslash before u0000 is just text. */
+    queue_job job;
+    queue_job_error err;
+    ASSERT_OK(parse("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"a\\\\u0000\"}", &job, &err));
+    ASSERT_STREQ(job.text, "a\\u0000");
+    queue_job_free(&job);
+    /* Text over the documented maximum (1024 bytes). */
+    char *big = malloc(2000);
+    int n = snprintf(big, 2000, "{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"");
+    memset(big + n, 'x', 1025);
+    strcpy(big + n + 1025, "\"}");
+    EXPECT_REJECT(big, "text_too_long", "text");
+    free(big);
+}
+
+TEST(depth_and_size) {
+    size_t depth = 2000;
+    char *deep = malloc(depth * 2 + 1);
+    for (size_t i = 0; i < depth; i++) {
+        deep[i] = '[';
+        deep[depth * 2 - 1 - i] = ']';
+    }
+    deep[depth * 2] = '\0';
+    EXPECT_REJECT(deep, "invalid_json", "");
+    free(deep);
+    size_t big = 50u << 20;
+    char *huge = malloc(big);
+    memset(huge, ' ', big);
+    memcpy(huge, "{\"id\":\"a\"", 9);
+    huge[big - 1] = '}';
+    queue_job job;
+    queue_job_error err;
+    ASSERT_EQ(queue_job_parse(huge, big, NULL, &job, &err), -1);
+    ASSERT_STREQ(err.code, "too_large");
+    free(huge);
+    /* Embedded NUL inside the payload length. */
+    ASSERT_EQ(queue_job_parse("{\"id\":\"a\"}\0junk", 15, NULL, &job, &err), -1);
+    ASSERT_STREQ(err.code, "invalid_json");
+}
+
+TEST(paths) {
+    ASSERT_TRUE(queue_path_safe("a.wav"));
+    ASSERT_TRUE(queue_path_safe("x/y/z-1_2.flac"));
+    ASSERT_TRUE(!queue_path_safe("../a.wav"));
+    ASSERT_TRUE(!queue_path_safe("a/../../b.wav"));
+    ASSERT_TRUE(!queue_path_safe("/etc/passwd"));
+    ASSERT_TRUE(!queue_path_safe("a//b"));
+    ASSERT_TRUE(!queue_path_safe("a/"));
+    ASSERT_TRUE(!queue_path_safe(".hidden"));
+    ASSERT_TRUE(!queue_path_safe("a/./b"));
+    ASSERT_TRUE(!queue_path_safe("a b.wav"));
+    ASSERT_TRUE(!queue_path_safe(""));
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"output\":\"../x.wav\"}",
+                  "path_escape", "output");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"output\":\"/tmp/x.wav\"}",
+                  "path_escape", "output");
+}
+
+TEST(with_id) {
+    size_t n;
+    char *s = queue_job_with_id("{\"type\":\"synthesize\"}", 21, "w-1", &n);
+    ASSERT_STREQ(s, "{\"id\":\"w-1\",\"type\":\"synthesize\"}");
+    ASSERT_EQ(n, strlen(s));
+    free(s);
+    s = queue_job_with_id("  { }", 5, "w-2", &n);
+    ASSERT_STREQ(s, "  {\"id\":\"w-2\" }");
+    free(s);
+    /* The result parses to the same job with that id. */
+    const char *raw = "{\"type\":\"synthesize\",\"text\":\"t\"}";
+    s = queue_job_with_id(raw, strlen(raw), "w-3", &n);
+    queue_job job;
+    queue_job_error err;
+    ASSERT_OK(queue_job_parse(s, n, NULL, &job, &err));
+    ASSERT_STREQ(job.id, "w-3");
+    ASSERT_EQ(job.id_assigned, 0);
+    queue_job_free(&job);
+    free(s);
+}
+
+TEST(utf8) {
+    ASSERT_TRUE(queue_utf8_valid("abc", 3));
+    ASSERT_TRUE(queue_utf8_valid("\xf0\x9f\x98\x80", 4));
+    ASSERT_TRUE(!queue_utf8_valid("\xf0\x9f\x98", 3));
+    ASSERT_TRUE(!queue_utf8_valid("\xf4\x90\x80\x80", 4)); /* > U+10FFFF */
+    ASSERT_TRUE(!queue_utf8_valid("\xe0\x80\x80", 3));     /* overlong */
+    ASSERT_TRUE(!queue_utf8_valid("a\0b", 3));
+}
+
+int main(int argc, char **argv) { return test_main(argc, argv); }

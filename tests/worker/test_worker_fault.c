@@ -1,0 +1,673 @@
+/* test_worker_fault.c - spec/queue.md §6 against real `voxq worker` processes and a real
+ * redis-server, with the test-only fake engine (worker/fake_engine.c) doing sleep/fail/crash on
+ * command. Each case is runnable alone: ./test_worker_fault NAME. */
+#include "test.h"
+#include "worker/worker_fixture.h"
+
+#define SETUP()                                                                                    \
+    do {                                                                                           \
+        if (wf_reset() != 0) TEST_FAIL_("cannot start redis-server");                              \
+    } while (0)
+
+static char json_[4096];
+
+/* A synthesize job with the given id and fake-engine script. */
+static const char *job(const char *id, const char *script) {
+    snprintf(json_, sizeof json_, "{\"id\":\"%s\",\"type\":\"synthesize\",\"text\":\"[S1] %s\"}",
+             id, script);
+    return json_;
+}
+
+/* 1: a valid job succeeds; hash, event and file are there. */
+TEST(valid_job_succeeds) {
+    SETUP();
+    redisContext *sub = redisConnect("127.0.0.1", rf_port_);
+    ASSERT_TRUE(sub && !sub->err);
+    redisReply *r = redisCommand(sub, "SUBSCRIBE voxq:ev:ok1");
+    freeReplyObject(r);
+    wf_spawn(NULL, NULL, 0);
+    wf_push("voxq:jobs", job("ok1", "sleep:50 audio:500"));
+    ASSERT_TRUE(wf_wait_state("ok1", "succeeded", 10000));
+    char *path = wf_field("ok1", "output_path");
+    ASSERT_TRUE(path != NULL);
+    struct stat st;
+    ASSERT_EQ(stat(path, &st), 0);
+    ASSERT_EQ(st.st_size, wf_field_int("ok1", "bytes"));
+    ASSERT_TRUE(st.st_size > 44100); /* 0.5 s of 16-bit mono */
+    free(path);
+    ASSERT_EQ(wf_field_int("ok1", "attempts"), 1);
+    ASSERT_EQ(wf_field_int("ok1", "sample_rate"), 44100);
+    char *sha = wf_field("ok1", "sha256");
+    ASSERT_TRUE(sha && strlen(sha) == 64);
+    free(sha);
+    ASSERT_TRUE(rf_int("TTL voxq:job:ok1") > 86000);
+    /* Events: running, then succeeded. */
+    struct timeval tv = {5, 0};
+    redisSetTimeout(sub, tv);
+    int seen_done = 0;
+    for (int i = 0; i < 4 && !seen_done; i++) {
+        if (redisGetReply(sub, (void **)&r) != REDIS_OK) break;
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 3)
+            seen_done = strstr(r->element[2]->str, "\"state\":\"succeeded\"") != NULL;
+        freeReplyObject(r);
+    }
+    redisFree(sub);
+    ASSERT_TRUE(seen_done);
+    ASSERT_EQ(wf_proc_total(), 0);
+}
+
+/* 2-7: bad input is dead-lettered with a clear code; the worker keeps serving. */
+TEST(bad_inputs_rejected) {
+    SETUP();
+    pid_t w = wf_spawn(NULL, NULL, 0);
+    static const struct {
+        const char *payload;
+        const char *code;
+    } cases[] = {
+        {"hello", "invalid_json"},
+        {"{a:", "invalid_json"},
+        {"1}", "invalid_json"},
+        {"{\"id\":7,\"type\":\"synthesize\",\"text\":\"t\"}", "invalid_id"},
+        {"{\"id\":\"a b\",\"type\":\"synthesize\",\"text\":\"t\"}", "invalid_id"},
+        {"{\"id\":\"b1\",\"type\":\"dance\",\"text\":\"t\"}", "unknown_type"},
+        {"{\"id\":\"b2\",\"type\":\"synthesize\"}", "missing_field"},
+        {"{\"id\":\"b3\",\"type\":\"synthesize\",\"text\":\"t\",\"speed\":99}", "invalid_field"},
+        {"{\"id\":\"b4\",\"type\":\"synthesize\",\"text\":\"a\\u0000b\"}", "invalid_json"},
+        {"{\"id\":\"b5\",\"type\":\"synthesize\",\"text\":\"\xff\"}", "invalid_utf8"},
+        {"{\"id\":\"b6\",\"type\":\"synthesize\",\"text\":\"t\",\"output\":\"../../etc/x.wav\"}",
+         "path_escape"},
+    };
+    size_t n = sizeof cases / sizeof cases[0];
+    for (size_t i = 0; i < n; i++) wf_push("voxq:jobs", cases[i].payload);
+    /* Nesting 2000 deep and a 50 MB element. */
+    char *deep = malloc(4001);
+    for (int i = 0; i < 2000; i++) deep[i] = '[', deep[3999 - i] = ']';
+    deep[4000] = '\0';
+    wf_push("voxq:jobs", deep);
+    free(deep);
+    size_t big = 50u << 20;
+    char *huge = malloc(big + 1);
+    memset(huge, 'x', big);
+    huge[0] = '"';
+    huge[big - 1] = '"';
+    huge[big] = '\0';
+    wf_push("voxq:jobs", huge);
+    free(huge);
+    wf_push("voxq:jobs", job("after-bad", "sleep:10"));
+    ASSERT_TRUE(wf_wait_state("after-bad", "succeeded", 20000));
+    ASSERT_TRUE(wf_alive(w));
+    ASSERT_EQ(rf_int("LLEN voxq:dead"), (long long)n + 2);
+    /* Dead letters are LPUSHed: the oldest is last. */
+    for (size_t i = 0; i < n; i++) {
+        char *env = rf_str("LINDEX voxq:dead %lld", (long long)(n + 1 - i));
+        ASSERT_TRUE(env != NULL);
+        char want[64];
+        snprintf(want, sizeof want, "\"error_code\":\"%s\"", cases[i].code);
+        if (!strstr(env, want)) fprintf(stderr, "  case %zu: %s\n", i, env);
+        ASSERT_CONTAINS(env, want);
+        free(env);
+    }
+    char *env = rf_str("LINDEX voxq:dead 0");
+    ASSERT_CONTAINS(env, "too_large");
+    free(env);
+    /* A rejected job with a usable id has a hash saying why, naming the field. */
+    ASSERT_TRUE(wf_wait_state("b3", "rejected", 1000));
+    char *err = wf_field("b3", "error");
+    ASSERT_CONTAINS(err, "speed");
+    free(err);
+    ASSERT_EQ(wf_proc_total(), 0);
+}
+
+/* 8: the same id pushed twice runs once; the second re-emits the result. */
+TEST(duplicate_id_runs_once) {
+    SETUP();
+    const char *mark = wf_path("dup.mark");
+    unlink(mark);
+    wf_spawn(NULL, NULL, 0);
+    char script[512];
+    snprintf(script, sizeof script, "sleep:100 mark:%s", mark);
+    wf_push("voxq:jobs", job("dup1", script));
+    ASSERT_TRUE(wf_wait_state("dup1", "succeeded", 10000));
+    wf_push("voxq:jobs", job("dup1", script));
+    rf_sleep_ms(1500);
+    ASSERT_EQ(rf_int("LLEN voxq:jobs"), 0);
+    ASSERT_EQ(wf_proc_total(), 0);
+    ASSERT_EQ(wf_count_lines(mark), 1);
+    ASSERT_EQ(wf_field_int("dup1", "attempts"), 1);
+}
+
+/* 9: pushed again while running on another worker: re-delayed, later short-circuited. */
+TEST(duplicate_while_running) {
+    SETUP();
+    const char *mark = wf_path("dup2.mark");
+    unlink(mark);
+    wf_spawn(NULL, NULL, 0);
+    wf_spawn(NULL, NULL, 0);
+    char script[512];
+    snprintf(script, sizeof script, "sleep:1500 mark:%s", mark);
+    wf_push("voxq:jobs", job("dup2", script));
+    ASSERT_TRUE(wf_wait_state("dup2", "running", 5000));
+    wf_push("voxq:jobs", job("dup2", script));
+    ASSERT_TRUE(wf_wait_state("dup2", "succeeded", 10000));
+    rf_sleep_ms(1500);
+    ASSERT_EQ(rf_int("ZCARD voxq:delayed"), 0);
+    ASSERT_EQ(rf_int("LLEN voxq:jobs"), 0);
+    ASSERT_EQ(wf_proc_total(), 0);
+    ASSERT_EQ(wf_count_lines(mark), 1);
+}
+
+/* 10: SIGKILL mid-job: the reaper requeues after the heartbeat expires; done once more. */
+TEST(sigkill_mid_job_recovered) {
+    SETUP();
+    const char *mark = wf_path("kill.mark");
+    unlink(mark);
+    pid_t a = wf_spawn(NULL, NULL, 0);
+    char script[512];
+    snprintf(script, sizeof script, "mark:%s sleep:2000", mark);
+    wf_push("voxq:jobs", job("k1", script));
+    ASSERT_TRUE(wf_wait_state("k1", "running", 5000));
+    kill(a, SIGKILL);
+    ASSERT_EQ(wf_wait_exit(a, 2000), 128 + SIGKILL);
+    wf_spawn(NULL, NULL, 0);
+    ASSERT_TRUE(wf_wait_state("k1", "succeeded", 15000));
+    ASSERT_EQ(wf_field_int("k1", "recoveries"), 1);
+    ASSERT_EQ(wf_field_int("k1", "attempts"), 1);
+    ASSERT_EQ(wf_count_lines(mark), 2);
+    ASSERT_EQ(wf_proc_total(), 0);
+    ASSERT_EQ(rf_int("SCARD voxq:workers"), 1);
+}
+
+/* 11: a job that kills its worker every time is dead after 3 recoveries; others flow. */
+TEST(poison_job_dead_after_recoveries) {
+    SETUP();
+    wf_push("voxq:jobs", job("poison", "crash"));
+    wf_push("voxq:jobs", job("fine", "sleep:10"));
+    pid_t w = wf_spawn(NULL, NULL, 0);
+    int64_t end = rf_now_ms() + 30000;
+    int spawned = 1;
+    while (rf_now_ms() < end && !wf_wait_state("poison", "failed", 100)) {
+        if (!wf_alive(w)) {
+            w = wf_spawn(NULL, NULL, 0);
+            spawned++;
+        }
+    }
+    ASSERT_TRUE(wf_wait_state("poison", "failed", 100));
+    char *code = wf_field("poison", "error_code");
+    ASSERT_STREQ(code, "poison");
+    free(code);
+    ASSERT_EQ(wf_field_int("poison", "recoveries"), 3);
+    ASSERT_TRUE(wf_wait_state("fine", "succeeded", 10000));
+    ASSERT_EQ(spawned, 4); /* three crashes, then a worker that lives */
+    char *env = rf_str("LINDEX voxq:dead 0");
+    ASSERT_CONTAINS(env, "poison");
+    free(env);
+}
+
+/* 12: transient errors retry with growing delays until success, or die at max_attempts. */
+TEST(transient_errors_retry) {
+    SETUP();
+    const char *mark = wf_path("retry.mark");
+    unlink(mark);
+    wf_spawn(NULL, NULL, 0);
+    char script[512];
+    snprintf(script, sizeof script, "mark:%s fail-until:3", mark);
+    wf_push("voxq:jobs", job("t1", script));
+    ASSERT_TRUE(wf_wait_state("t1", "succeeded", 15000));
+    ASSERT_EQ(wf_field_int("t1", "attempts"), 3);
+    ASSERT_EQ(wf_count_lines(mark), 3);
+    snprintf(json_, sizeof json_, "{\"id\":\"t2\",\"type\":\"synthesize\",\"max_attempts\":2,"
+             "\"text\":\"fail:transient\"}");
+    wf_push("voxq:jobs", json_);
+    ASSERT_TRUE(wf_wait_state("t2", "failed", 15000));
+    ASSERT_EQ(wf_field_int("t2", "attempts"), 2);
+    char *env = rf_str("LINDEX voxq:dead 0");
+    ASSERT_CONTAINS(env, "engine_transient");
+    free(env);
+}
+
+/* 13: a permanent error is dead at once with attempts = 1. */
+TEST(permanent_error_dead_at_once) {
+    SETUP();
+    wf_spawn(NULL, NULL, 0);
+    wf_push("voxq:jobs", job("p1", "fail:permanent"));
+    ASSERT_TRUE(wf_wait_state("p1", "failed", 10000));
+    ASSERT_EQ(wf_field_int("p1", "attempts"), 1);
+    ASSERT_EQ(rf_int("ZCARD voxq:delayed"), 0);
+    char *env = rf_str("LINDEX voxq:dead 0");
+    ASSERT_CONTAINS(env, "engine_permanent");
+    free(env);
+}
+
+/* 14: a hung engine stops the heartbeat; the job is recovered elsewhere; the hung worker exits. */
+TEST(hung_engine_recovered) {
+    SETUP();
+    const char *flag = wf_path("hang.flag");
+    unlink(flag);
+    static const char *const env[] = {"VOXQ_STALL_S=1", NULL};
+    pid_t a = wf_spawn(env, NULL, 0);
+    char script[512];
+    snprintf(script, sizeof script, "hang-once:%s", flag);
+    wf_push("voxq:jobs", job("h1", script));
+    ASSERT_TRUE(wf_wait_state("h1", "running", 5000));
+    pid_t b = wf_spawn(NULL, NULL, 0);
+    ASSERT_TRUE(wf_wait_state("h1", "succeeded", 15000));
+    ASSERT_EQ(wf_wait_exit(a, 10000), 1);
+    ASSERT_TRUE(wf_alive(b));
+    ASSERT_EQ(wf_field_int("h1", "recoveries"), 1);
+}
+
+/* 15: SIGTERM while idle: exit 0 within the block timeout + 1 s; nothing left behind. */
+TEST(sigterm_idle) {
+    SETUP();
+    pid_t a = wf_spawn(NULL, NULL, 0);
+    rf_sleep_ms(1200);
+    ASSERT_EQ(rf_int("SCARD voxq:workers"), 1);
+    int64_t t0 = rf_now_ms();
+    kill(a, SIGTERM);
+    ASSERT_EQ(wf_wait_exit(a, 5000), 0);
+    /* The contract's bound (block timeout 1 s + 1 s), with a second of slack for slow CI. */
+    ASSERT_TRUE(rf_now_ms() - t0 < 3000);
+    ASSERT_EQ(rf_int("SCARD voxq:workers"), 0);
+    ASSERT_EQ(wf_proc_total(), 0);
+    redisReply *r = rf_cmd("KEYS voxq:hb:*");
+    ASSERT_EQ(r->elements, 0);
+    freeReplyObject(r);
+}
+
+/* 16: SIGTERM mid-job that ends within the drain: succeeded, exit 0. */
+TEST(sigterm_drains) {
+    SETUP();
+    pid_t a = wf_spawn(NULL, NULL, 0);
+    wf_push("voxq:jobs", job("d1", "sleep:1000"));
+    ASSERT_TRUE(wf_wait_state("d1", "running", 5000));
+    kill(a, SIGTERM);
+    ASSERT_EQ(wf_wait_exit(a, 8000), 0);
+    ASSERT_TRUE(wf_wait_state("d1", "succeeded", 100));
+    ASSERT_EQ(wf_proc_total(), 0);
+}
+
+/* 17: SIGTERM mid-job past the drain: requeued with attempts unchanged; another worker ends it. */
+TEST(sigterm_past_drain_requeues) {
+    SETUP();
+    static const char *const env[] = {"VOXQ_DRAIN_S=1", NULL};
+    pid_t a = wf_spawn(env, NULL, 0);
+    wf_push("voxq:jobs", job("d2", "sleep:4000"));
+    ASSERT_TRUE(wf_wait_state("d2", "running", 5000));
+    kill(a, SIGTERM);
+    ASSERT_EQ(wf_wait_exit(a, 8000), 0);
+    ASSERT_TRUE(wf_wait_state("d2", "queued", 100));
+    ASSERT_EQ(wf_field_int("d2", "attempts"), 0);
+    ASSERT_EQ(rf_int("LLEN voxq:jobs"), 1);
+    ASSERT_EQ(wf_proc_total(), 0);
+    wf_spawn(NULL, NULL, 0);
+    ASSERT_TRUE(wf_wait_state("d2", "succeeded", 10000));
+    ASSERT_EQ(wf_field_int("d2", "attempts"), 1);
+}
+
+/* 18 (idle) and 21: Redis restarted, or down at start: the worker reconnects and serves. */
+TEST(redis_restart_idle_and_down_at_start) {
+    SETUP();
+    pid_t a = wf_spawn(NULL, NULL, 0);
+    rf_sleep_ms(800);
+    rf_stop(SIGTERM);
+    rf_sleep_ms(700);
+    ASSERT_OK(rf_restart());
+    wf_push("voxq:jobs", job("r1", "sleep:10"));
+    ASSERT_TRUE(wf_wait_state("r1", "succeeded", 15000));
+    ASSERT_TRUE(wf_alive(a));
+    /* Down at start: a new worker waits quietly, then serves. */
+    wf_kill_all();
+    rf_stop(SIGKILL);
+    char log[400];
+    wf_spawn(NULL, log, sizeof log);
+    rf_sleep_ms(2500);
+    ASSERT_OK(rf_restart());
+    wf_push("voxq:jobs", job("r2", "sleep:10"));
+    ASSERT_TRUE(wf_wait_state("r2", "succeeded", 15000));
+    ASSERT_TRUE(wf_file_contains(log, "connection refused") ||
+                wf_file_contains(log, "Connection refused"));
+}
+
+/* NOSCRIPT (a Redis that forgot the scripts, e.g. SCRIPT FLUSH or a restart between load and
+ * use) is answered with EVAL of the source. */
+TEST(noscript_handled) {
+    SETUP();
+    wf_spawn(NULL, NULL, 0);
+    wf_push("voxq:jobs", job("ns0", "sleep:10"));
+    ASSERT_TRUE(wf_wait_state("ns0", "succeeded", 10000));
+    redisReply *r = rf_cmd("SCRIPT FLUSH");
+    freeReplyObject(r);
+    wf_push("voxq:jobs", job("ns1", "sleep:10"));
+    ASSERT_TRUE(wf_wait_state("ns1", "succeeded", 10000));
+}
+
+/* 18 (busy), 23: Redis killed mid-job (AOF on): after the restart the job's ack is replayed
+ * once; no lost or double result. */
+TEST(redis_killed_while_busy) {
+    SETUP();
+    /* Restart Redis with AOF (what production runs) so the crash keeps the queue state. */
+    rf_stop(SIGTERM);
+    rf_aof_ = 1;
+    ASSERT_OK(rf_restart());
+    const char *mark = wf_path("busy.mark");
+    unlink(mark);
+    wf_spawn(NULL, NULL, 0);
+    char script[512];
+    snprintf(script, sizeof script, "mark:%s sleep:1500", mark);
+    snprintf(json_, sizeof json_, "{\"id\":\"rb1\",\"type\":\"synthesize\",\"reply_to\":"
+             "\"rb1:reply\",\"text\":\"%s\"}", script);
+    wf_push("voxq:jobs", json_);
+    ASSERT_TRUE(wf_wait_state("rb1", "running", 5000));
+    rf_sleep_ms(300);
+    rf_stop(SIGKILL);
+    rf_sleep_ms(1500); /* the job finishes while Redis is down: its ack waits */
+    ASSERT_OK(rf_restart());
+    ASSERT_TRUE(wf_wait_state("rb1", "succeeded", 15000));
+    rf_sleep_ms(500);
+    ASSERT_EQ(rf_int("LLEN rb1:reply"), 1);
+    ASSERT_EQ(wf_count_lines(mark), 1);
+    ASSERT_EQ(wf_proc_total(), 0);
+    wf_kill_all();
+    rf_stop(SIGTERM);
+    rf_aof_ = 0;
+    ASSERT_OK(rf_restart());
+}
+
+/* 19: the fetch connection killed (as by a TCP RST): detected and re-established. */
+TEST(fetch_connection_killed) {
+    SETUP();
+    wf_spawn(NULL, NULL, 0);
+    rf_sleep_ms(1200);
+    /* Kill every client blocked in BLMOVE, i.e. the fetch connection. */
+    redisReply *r = rf_cmd("CLIENT LIST");
+    ASSERT_TRUE(r && r->type == REDIS_REPLY_STRING);
+    int killed = 0;
+    for (char *line = strtok(r->str, "\n"); line; line = strtok(NULL, "\n")) {
+        if (!strstr(line, "cmd=blmove") && !strstr(line, "cmd=lmove")) continue;
+        long long id = atoll(strstr(line, "id=") + 3);
+        killed += rf_int("CLIENT KILL ID %lld", id) == 1;
+    }
+    freeReplyObject(r);
+    ASSERT_TRUE(killed >= 1);
+    int64_t t0 = rf_now_ms();
+    wf_push("voxq:jobs", job("fk1", "sleep:10"));
+    ASSERT_TRUE(wf_wait_state("fk1", "succeeded", 10000));
+    /* Reconnected within the contract's block timeout + 3 s (+ slack for slow CI). */
+    ASSERT_TRUE(rf_now_ms() - t0 < 1000 + 3000 + 2000);
+}
+
+/* 24: a worker paused past its lease loses the job; its late ack writes nothing. */
+TEST(stale_lease_never_writes) {
+    SETUP();
+    char loga[400];
+    pid_t a = wf_spawn(NULL, loga, sizeof loga);
+    wf_push("voxq:jobs", job("sl1", "sleep:1500"));
+    ASSERT_TRUE(wf_wait_state("sl1", "running", 5000));
+    char *owner = wf_field("sl1", "worker");
+    kill(a, SIGSTOP);
+    pid_t b = wf_spawn(NULL, NULL, 0);
+    ASSERT_TRUE(wf_wait_state("sl1", "succeeded", 15000));
+    char *winner = wf_field("sl1", "worker");
+    ASSERT_TRUE(owner && winner && strcmp(owner, winner) != 0);
+    kill(a, SIGCONT);
+    rf_sleep_ms(2500);
+    ASSERT_TRUE(wf_file_contains(loga, "lease lost"));
+    char *after = wf_field("sl1", "worker");
+    ASSERT_STREQ(after, winner);
+    ASSERT_EQ(wf_field_int("sl1", "attempts"), 1);
+    free(owner);
+    free(winner);
+    free(after);
+    (void)b;
+}
+
+/* 25: cancel before start -> never run; mid-run -> stops, no retry. */
+TEST(cancel_before_and_during) {
+    SETUP();
+    const char *mark = wf_path("cancel.mark");
+    unlink(mark);
+    redisReply *r = rf_cmd("SET voxq:cancel:c1 1 EX 86400");
+    freeReplyObject(r);
+    wf_spawn(NULL, NULL, 0);
+    char script[512];
+    snprintf(script, sizeof script, "mark:%s sleep:100", mark);
+    wf_push("voxq:jobs", job("c1", script));
+    ASSERT_TRUE(wf_wait_state("c1", "cancelled", 5000));
+    ASSERT_EQ(wf_count_lines(mark), 0);
+    snprintf(script, sizeof script, "mark:%s sleep:10000", mark);
+    wf_push("voxq:jobs", job("c2", script));
+    ASSERT_TRUE(wf_wait_state("c2", "running", 5000));
+    /* Progress is published while it runs (at most once a second). */
+    rf_sleep_ms(1300);
+    char *progress = wf_field("c2", "progress");
+    ASSERT_TRUE(progress && atof(progress) > 0 && atof(progress) < 1);
+    free(progress);
+    int64_t t0 = rf_now_ms();
+    r = rf_cmd("SET voxq:cancel:c2 1 EX 86400");
+    freeReplyObject(r);
+    r = rf_cmd("PUBLISH voxq:ev:cancel c2");
+    freeReplyObject(r);
+    ASSERT_TRUE(wf_wait_state("c2", "cancelled", 5000));
+    /* Stopped at a step boundary, well before the 10 s the job would have run. */
+    ASSERT_TRUE(rf_now_ms() - t0 < 5000);
+    rf_sleep_ms(500);
+    ASSERT_EQ(rf_int("ZCARD voxq:delayed"), 0);
+    ASSERT_EQ(wf_count_lines(mark), 1);
+    ASSERT_EQ(wf_proc_total(), 0);
+}
+
+/* 26: a cancel whose PUBLISH is missed (sub connection down) is caught by the heartbeat. */
+TEST(cancel_without_pubsub) {
+    SETUP();
+    wf_spawn(NULL, NULL, 0);
+    wf_push("voxq:jobs", job("c3", "sleep:10000"));
+    ASSERT_TRUE(wf_wait_state("c3", "running", 5000));
+    long long killed = rf_int("CLIENT KILL TYPE pubsub");
+    ASSERT_TRUE(killed >= 1);
+    redisReply *r = rf_cmd("SET voxq:cancel:c3 1 EX 86400");
+    freeReplyObject(r);
+    ASSERT_TRUE(wf_wait_state("c3", "cancelled", 3000));
+}
+
+/* 32: reply_to gets exactly one terminal message, expiring within an hour. */
+TEST(reply_to_one_message) {
+    SETUP();
+    wf_spawn(NULL, NULL, 0);
+    snprintf(json_, sizeof json_, "{\"id\":\"rt1\",\"type\":\"synthesize\",\"reply_to\":"
+             "\"my:reply\",\"text\":\"fail-until:2\"}");
+    wf_push("voxq:jobs", json_);
+    ASSERT_TRUE(wf_wait_state("rt1", "succeeded", 10000));
+    rf_sleep_ms(300);
+    ASSERT_EQ(rf_int("LLEN my:reply"), 1);
+    long long ttl = rf_int("TTL my:reply");
+    ASSERT_TRUE(ttl > 3500 && ttl <= 3600);
+    char *msg = rf_str("LINDEX my:reply 0");
+    ASSERT_CONTAINS(msg, "\"state\":\"succeeded\"");
+    ASSERT_CONTAINS(msg, "\"output_path\"");
+    free(msg);
+}
+
+/* 33: a hi job behind 100 normal ones starts within one block timeout. */
+TEST(hi_priority_jumps_queue) {
+    SETUP();
+    char id[32];
+    for (int i = 0; i < 100; i++) {
+        snprintf(id, sizeof id, "n%d", i);
+        wf_push("voxq:jobs", job(id, "sleep:20 audio:10"));
+    }
+    snprintf(json_, sizeof json_, "{\"id\":\"hi1\",\"type\":\"synthesize\",\"priority\":\"hi\","
+             "\"text\":\"audio:10\"}");
+    wf_push("voxq:jobs:hi", json_);
+    wf_spawn(NULL, NULL, 0);
+    ASSERT_TRUE(wf_wait_state("hi1", "succeeded", 10000));
+    long long hi_done = wf_field_int("hi1", "finished_at");
+    ASSERT_TRUE(wf_wait_state("n99", "succeeded", 30000));
+    int before = 0;
+    for (int i = 0; i < 100; i++) {
+        snprintf(id, sizeof id, "n%d", i);
+        before += wf_field_int(id, "finished_at") < hi_done;
+    }
+    ASSERT_TRUE(before <= 2);
+}
+
+/* 34 (reduced; the 2,000-job soak is test_worker_soak): a job without id gets one, reported in
+ * the hash, and keeps it through a retry. */
+TEST(job_without_id_keeps_assigned_id) {
+    SETUP();
+    wf_spawn(NULL, NULL, 0);
+    wf_push("voxq:jobs",
+            "{\"type\":\"synthesize\",\"reply_to\":\"noid:r\",\"text\":\"fail-until:2\"}");
+    redisReply *r = NULL;
+    struct timeval tv = {10, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", rf_port_, tv);
+    redisSetTimeout(c, tv);
+    r = redisCommand(c, "BLPOP noid:r 10");
+    ASSERT_TRUE(r && r->type == REDIS_REPLY_ARRAY);
+    ASSERT_CONTAINS(r->element[1]->str, "\"state\":\"succeeded\"");
+    ASSERT_CONTAINS(r->element[1]->str, "\"attempts\":\"2\"");
+    freeReplyObject(r);
+    redisFree(c);
+}
+
+/* 14 (timeout_s): a job past its timeout is cancelled cooperatively and retried. */
+TEST(job_timeout) {
+    SETUP();
+    wf_spawn(NULL, NULL, 0);
+    wf_push("voxq:jobs", "{\"id\":\"to1\",\"type\":\"synthesize\",\"timeout_s\":0.5,"
+                         "\"max_attempts\":2,\"text\":\"sleep:5000\"}");
+    ASSERT_TRUE(wf_wait_state("to1", "failed", 15000));
+    char *code = wf_field("to1", "error_code");
+    ASSERT_STREQ(code, "timeout");
+    free(code);
+    ASSERT_EQ(wf_field_int("to1", "attempts"), 2);
+}
+
+/* One HTTP GET to 127.0.0.1:port; returns the status and copies the body. */
+static int http_get(int port, const char *path, char *body, size_t cap) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    char req[256];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: x\r\n\r\n", path);
+    if (write(fd, req, (size_t)n) != n) {
+        close(fd);
+        return -1;
+    }
+    static char buf[1 << 16];
+    size_t len = 0;
+    ssize_t got;
+    while ((got = read(fd, buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)got;
+    close(fd);
+    buf[len] = '\0';
+    const char *b = strstr(buf, "\r\n\r\n");
+    snprintf(body, cap, "%s", b ? b + 4 : "");
+    return len > 12 ? atoi(buf + 9) : -1;
+}
+
+/* /healthz and /metrics answer on the configured address. */
+TEST(health_and_metrics) {
+    SETUP();
+    int port = rf_free_port();
+    char addr[64];
+    snprintf(addr, sizeof addr, "VOXQ_METRICS_ADDR=127.0.0.1:%d", port);
+    const char *env[] = {addr, NULL};
+    wf_spawn(env, NULL, 0);
+    wf_push("voxq:jobs", job("m1", "sleep:10 audio:1000"));
+    ASSERT_TRUE(wf_wait_state("m1", "succeeded", 10000));
+    static char body[1 << 16];
+    int64_t end = rf_now_ms() + 5000;
+    int status = -1;
+    while (rf_now_ms() < end && (status = http_get(port, "/healthz", body, sizeof body)) != 200)
+        rf_sleep_ms(100);
+    ASSERT_EQ(status, 200);
+    ASSERT_CONTAINS(body, "\"ok\":true");
+    ASSERT_EQ(http_get(port, "/metrics", body, sizeof body), 200);
+    ASSERT_CONTAINS(body, "voxq_jobs_total{state=\"succeeded\"} 1");
+    ASSERT_CONTAINS(body, "voxq_queue_depth{queue=\"normal\"}");
+    ASSERT_CONTAINS(body, "voxq_job_duration_seconds_count 1");
+    ASSERT_CONTAINS(body, "voxq_realtime_factor_bucket");
+    ASSERT_CONTAINS(body, "voxq_engine_memory_bytes");
+    ASSERT_EQ(http_get(port, "/nope", body, sizeof body), 404);
+    /* Redis gone: not healthy. */
+    rf_stop(SIGKILL);
+    rf_sleep_ms(500);
+    ASSERT_EQ(http_get(port, "/healthz", body, sizeof body), 503);
+    ASSERT_OK(rf_restart());
+}
+
+/* `voxq enqueue` and `voxq wait` for people without redis-cli. */
+TEST(enqueue_and_wait_commands) {
+    SETUP();
+    wf_spawn(NULL, NULL, 0);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "VOXQ_REDIS_URL=%s %s/voxq enqueue --text 'sleep:10' --id cli1 "
+             ">/dev/null && VOXQ_REDIS_URL=%s %s/voxq wait cli1 --timeout 10 > %s",
+             rf_url_, VOXQ_BINARY_DIR, rf_url_, VOXQ_BINARY_DIR, wf_path("wait.out"));
+    int st = system(cmd);
+    ASSERT_EQ(WEXITSTATUS(st), 0);
+    ASSERT_TRUE(wf_file_contains(wf_path("wait.out"), "\"state\":\"succeeded\""));
+    /* A job that fails: wait exits 1. Bad input: enqueue exits 2 before pushing. */
+    snprintf(cmd, sizeof cmd, "VOXQ_REDIS_URL=%s %s/voxq enqueue --text 'fail:permanent' "
+             "--id cli2 >/dev/null && VOXQ_REDIS_URL=%s %s/voxq wait cli2 --timeout 10 "
+             ">/dev/null", rf_url_, VOXQ_BINARY_DIR, rf_url_, VOXQ_BINARY_DIR);
+    st = system(cmd);
+    ASSERT_EQ(WEXITSTATUS(st), 1);
+    snprintf(cmd, sizeof cmd, "VOXQ_REDIS_URL=%s %s/voxq enqueue --text 'x' --output ../x.wav "
+             "2>/dev/null", rf_url_, VOXQ_BINARY_DIR);
+    st = system(cmd);
+    ASSERT_EQ(WEXITSTATUS(st), 2);
+}
+
+/* 22: a Redis older than 6.2 (no BLMOVE) is refused with one clear line. A scripted server
+ * answers INFO with an old version. */
+TEST(old_redis_refused) {
+    SETUP();
+    int port = rf_free_port();
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    int one = 1;
+    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(bind(ls, (struct sockaddr *)&a, sizeof a), 0);
+    ASSERT_EQ(listen(ls, 8), 0);
+    pid_t srv = fork();
+    if (srv == 0) {
+        /* Every connection: INFO -> an old version; anything else -> +OK. */
+        for (;;) {
+            int c = accept(ls, NULL, NULL);
+            if (c < 0) _exit(0);
+            if (fork() == 0) {
+                char buf[4096];
+                ssize_t n;
+                while ((n = read(c, buf, sizeof buf - 1)) > 0) {
+                    buf[n] = '\0';
+                    const char *info = "$38\r\nredis_version:6.0.16\r\naof_enabled:1\r\n\r\n";
+                    const char *out = strstr(buf, "INFO") ? info : "+OK\r\n";
+                    if (write(c, out, strlen(out)) < 0) break;
+                }
+                _exit(0);
+            }
+            close(c);
+        }
+    }
+    close(ls);
+    char url[80], log[400];
+    snprintf(url, sizeof url, "VOXQ_REDIS_URL=redis://127.0.0.1:%d", port);
+    const char *env[] = {url, NULL};
+    pid_t w = wf_spawn(env, log, sizeof log);
+    int code = wf_wait_exit(w, 10000);
+    kill(srv, SIGKILL);
+    waitpid(srv, NULL, 0);
+    ASSERT_EQ(code, 1);
+    ASSERT_TRUE(wf_file_contains(log, "needs Redis >= 6.2"));
+}
+
+int main(int argc, char **argv) { return test_main(argc, argv); }

@@ -1,0 +1,42 @@
+#!/bin/sh
+# Device pass: CUDA op tests, the GEMV benchmark, Dia full size on CUDA (steps/s for
+# bf16/int8/int4 at 1/4/16/64 sequences), the peer baselines, and the full-size check against
+# transformers (engine on CPU with 16 threads, and on CUDA). Binaries from .devbuild/gpu
+# (tools/device/build-cuda.sh, then copy test_cuda_ops, bench_cuda_gemv, voxq-bench there).
+# Usage on the device: sh tools/device/dia-pass.sh [ops] [gemv] [steps] [profile] [peers] [full]
+set -u
+cd "$(dirname "$0")/../.."
+G=.devbuild/gpu
+export LD_LIBRARY_PATH="$PWD/$G:${LD_LIBRARY_PATH:-}"
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+what=${*:-ops gemv steps peers full}
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader
+for w in $what; do
+    case $w in
+    ops) $G/test_cuda_ops > "$OUT/ops.log" 2>&1; echo "ops rc=$? $(tail -1 $OUT/ops.log)";
+         grep -E "FAIL|mismatch" "$OUT/ops.log" | head ;;
+    gemv) $G/bench_cuda_gemv --reps 20 > "$OUT/gemv.json" 2>&1;
+          python3 -c "import json;d=json.load(open('$OUT/gemv.json'));[print('gemv-step',r) for r in d['decoder_weights_step']]" ;;
+    steps) for f in bf16 int8 int4; do
+             $G/voxq-bench steps --random-full --fmt $f --seqs 1,4,16,64 --steps 64 --text-len 128 \
+               --device cuda > "$OUT/steps_$f.json" 2>"$OUT/steps_$f.err"; echo "steps $f rc=$?";
+             cat "$OUT/steps_$f.json"; tail -3 "$OUT/steps_$f.err"
+           done ;;
+    profile) for f in bf16 int8; do
+             VOXQ_CUDA_PROFILE=1 $G/voxq-bench steps --random-full --fmt $f --seqs 1,16 --steps 32 \
+               --text-len 128 --device cuda > "$OUT/profile_$f.json" 2>"$OUT/profile_$f.err";
+             echo "profile $f rc=$?"; cat "$OUT/profile_$f.json"
+           done ;;
+    peers) python3 $G/peer_baselines.py --steps 128 > "$OUT/peers.json" 2>"$OUT/peers.err";
+           cat "$OUT/peers.json"; tail -2 "$OUT/peers.err" ;;
+    full) PYTHONUNBUFFERED=1 timeout 300 python3 tests/reference/fullsize_check.py --threads 16 \
+            --out /tmp/dia_full --ref /tmp/dia_full_ref.st > "$OUT/full_ref.log" 2>&1;
+          tail -3 "$OUT/full_ref.log"
+          if [ -f /tmp/dia_full_ref.st ]; then
+            echo "== full check cpu"; $G/voxq-bench check --model /tmp/dia_full --ref /tmp/dia_full_ref.st --device cpu --threads 16; echo "rc=$?"
+            echo "== full check cuda"; $G/voxq-bench check --model /tmp/dia_full --ref /tmp/dia_full_ref.st --device cuda; echo "rc=$?"
+            echo "== full steps cpu"; $G/voxq-bench steps --model /tmp/dia_full --seqs 1 --steps 8 --text-len 64 --device cpu --threads 16
+          fi ;;
+    esac
+done
