@@ -6,7 +6,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 PKGS="build-essential cmake ninja-build pkg-config git ca-certificates \
 libhiredis-dev libcjson-dev libuv1-dev libsndfile1-dev libcurl4-openssl-dev redis-server \
-python3 python3-yaml"
+python3 python3-yaml chromium"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -52,9 +52,12 @@ typedef struct eng_mem_stats {
  *         ENG_PRE_RMSNORM  in = rmsnorm(x[n, w->in]; norm, eps)
  *         ENG_PRE_SILU_MUL in = silu(x[:, :w->in]) * x[:, w->in:]   (x is [n, 2 * w->in])
  *   accumulate: y += in . W^T instead of y = in . W^T (residual connections).
+ *   post: ENG_POST_SILU_MUL  r = in . W^T, y[n, w->out / 2] = silu(r[:, :out/2]) * r[:, out/2:]
+ *         (gate_up with the activation in the epilogue; not with accumulate).
  * tmp_in [n, w->in] and tmp_out [n, w->out] are scratch for backends without a fused kernel;
  * a backend with one never touches them. */
 enum { ENG_PRE_NONE = 0, ENG_PRE_RMSNORM = 1, ENG_PRE_SILU_MUL = 2 };
+enum { ENG_POST_NONE = 0, ENG_POST_SILU_MUL = 1 };
 typedef struct eng_linear_args {
     int pre;
     const eng_tensor *norm; /* F32 [w->in] for ENG_PRE_RMSNORM */
@@ -62,6 +65,7 @@ typedef struct eng_linear_args {
     int accumulate;
     eng_tensor *tmp_in;
     eng_tensor *tmp_out;
+    int post;
 } eng_linear_args;
 
 typedef struct eng_backend_ops {
@@ -141,6 +145,10 @@ typedef struct eng_backend_ops {
     int (*linear_ex)(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w,
                      const struct eng_linear_args *a);
 
+    /* Optional fused rope + kv_write (NULL: eng_rope_kv_write composes them). */
+    int (*rope_kv_write)(eng_backend *be, eng_tensor *q, eng_tensor *k, const eng_tensor *v,
+                         const eng_tensor *pos, float theta, eng_kv *kv, const eng_tensor *slot);
+
     /* Optional: per-op device time since the last call, as JSON {"total_ms", "ops": [{"op",
      * "calls", "ms", "share"}]} (CUDA with VOXQ_CUDA_PROFILE=1; steps then run uncaptured). */
     int (*profile_json)(eng_backend *be, char *buf, size_t cap);
@@ -189,6 +197,12 @@ static inline int eng_tanh(eng_backend *be, eng_tensor *y, const eng_tensor *x) 
  * result equals the composition of the plain ops up to float rounding. */
 int eng_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w,
                   const eng_linear_args *a);
+
+/* A decoder's attention input step: RoPE on q[n, qh, hd] and k[n, kvh, hd] at pos[n] (in place),
+ * then the rotated k and v[n, kvh, hd] written into kv at (slot[i], pos[i]). One kernel where the
+ * backend has it, else rope, rope, kv_write. */
+int eng_rope_kv_write(eng_backend *be, eng_tensor *q, eng_tensor *k, const eng_tensor *v,
+                      const eng_tensor *pos, float theta, eng_kv *kv, const eng_tensor *slot);
 
 /* Sets be->err/errstr and returns code (for backend implementations). */
 int eng_backend_fail(eng_backend *be, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -18,10 +18,26 @@ int eng_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng
         if (rc) return rc;
         in = a->tmp_in;
     }
+    if (a->post == ENG_POST_SILU_MUL) {
+        if (!a->tmp_out || a->accumulate)
+            return eng_backend_fail(be, ENG_EINVAL,
+                                    "linear_ex: silu epilogue needs tmp_out and no accumulate");
+        rc = be->ops->linear(be, a->tmp_out, in, w);
+        return rc ? rc : be->ops->silu_mul(be, y, a->tmp_out);
+    }
     if (!a->accumulate) return be->ops->linear(be, y, in, w);
     if (!a->tmp_out)
         return eng_backend_fail(be, ENG_EINVAL, "linear_ex: accumulate needs tmp_out scratch");
     rc = be->ops->linear(be, a->tmp_out, in, w);
     if (rc) return rc;
     return be->ops->add(be, y, a->tmp_out);
+}
+
+int eng_rope_kv_write(eng_backend *be, eng_tensor *q, eng_tensor *k, const eng_tensor *v,
+                      const eng_tensor *pos, float theta, eng_kv *kv, const eng_tensor *slot) {
+    if (be->ops->rope_kv_write) return be->ops->rope_kv_write(be, q, k, v, pos, theta, kv, slot);
+    int rc = be->ops->rope(be, q, pos, theta);
+    if (!rc) rc = be->ops->rope(be, k, pos, theta);
+    if (!rc) rc = be->ops->kv_write(be, kv, slot, pos, k, v);
+    return rc;
 }

@@ -1,5 +1,6 @@
-/* internal.h - private to queue/: the libuv adapter for hiredis async, one watched connection,
- * and the Lua scripts. Not installed, not included outside queue/. */
+/* internal.h - private to queue/: the libuv adapter for hiredis async (adapter.c), one watched
+ * connection (conn.c), the Lua scripts (scripts.c), and the client's state and command queue
+ * shared by client.c, op.c and result.c. Not included outside queue/. */
 #ifndef VOXQ_QUEUE_INTERNAL_H
 #define VOXQ_QUEUE_INTERNAL_H
 
@@ -91,5 +92,76 @@ const char *qscript_source(int which);
 const char *qscript_name(int which);
 
 #define qlog queue_log
+
+/* ---- the client's state and its command queue (client.c, op.c, result.c) ---- */
+
+#define QUEUE_TICK_MS 100
+
+typedef void (*qop_done)(queue *q, redisReply *r, void *priv);
+
+/* One command or script call, kept until it has a definitive reply. */
+typedef struct qop {
+    queue *q;
+    int script;                 /* QS_* or -1 for a plain command */
+    int argc, cap;
+    char **argv;
+    size_t *lens;
+    int retry;                  /* replay on a lost connection or a transient error */
+    int errors;
+    int use_eval;               /* after NOSCRIPT: send the source with EVAL */
+    qop_done done;              /* r may be NULL only for ops without retry */
+    void *priv;
+    struct qop *next;
+} qop;
+
+struct queue {
+    uv_loop_t *loop;
+    queue_config cfg;
+    queue_callbacks cb;
+    void *data;
+    char wid[128];
+    char prefix[64];
+    qaddr addr;
+    qconn fetch, cmd, sub;
+    char sha[QS_COUNT][41];
+    int scripts_loaded;         /* SCRIPT LOAD replies received since cmd came up */
+    int ready;                  /* cmd up, version checked, scripts loaded */
+    int fatal;
+    uv_timer_t tick;
+    int64_t next_heartbeat, next_reap, not_before;
+    qop *waiting, *waiting_tail;
+    queue_delivery *held;       /* claimed, running or finishing */
+    queue_delivery *claiming;   /* fetched, claim in flight */
+    int n_held, n_claiming;
+    int fetch_on, fetch_inflight, need_rescan;
+    long long fetch_client_id;  /* CLIENT ID of the fetch connection, for CLIENT UNBLOCK */
+    int64_t fetch_retry_at;
+    int closing, closed_handles;
+    int warned_unhealthy;
+    queue_stats stats;
+};
+
+qop *qop_new(queue *q, int script, qop_done done, void *priv, int retry);
+/* A script op with ARGV[1] = the prefix already added. */
+qop *qop_script(queue *q, int script, qop_done done, void *priv, int retry);
+void qop_free(qop *op);
+/* Appends one argument (copied); a failure marks the op (argc = -1), reported on submit. */
+void qop_argn(qop *op, const char *s, size_t n);
+void qop_arg(qop *op, const char *s);
+void qop_argf(qop *op, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Sends op on cmd now, or queues it until cmd is ready (ops without retry are answered NULL
+ * when cmd is down). Ownership passes to the queue. */
+void qop_submit(queue *q, qop *op);
+/* Sends what waited for the connection, in order. */
+void qop_flush(queue *q);
+
+/* Shared by client.c and result.c. */
+void qdel_remove(queue_delivery **head, queue_delivery *d);
+void qdel_free(queue_delivery *d);
+const char *qkey_jobs(queue *q, int hi, char *buf, size_t cap);
+void qstate_changed(queue *q, const char *id, const char *state);
+/* Adds the raw payload cut to 4 KiB and made printable UTF-8 (for a dead-letter envelope). */
+void qenvelope_raw(qop *op, const char *raw, size_t len);
+void qfetch_pump(queue *q);
 
 #endif

@@ -158,7 +158,7 @@ typedef struct queue_result {
     const char *sha256;
     double steps_per_s;         /* decoder steps per second */
     double run_ms;              /* wall time of the run */
-    const char *extra_json;     /* optional extra object fields, e.g. "\"artifact\":\"x\"" */
+    const char *artifact;       /* quantize: "<model>/<method>[ (already present)]", or NULL */
 } queue_result;
 
 typedef struct queue_callbacks {

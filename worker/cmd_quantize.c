@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ops/bench.h"
 #include "worker/cli.h"
 #include "worker/quantize.h"
 
@@ -34,6 +35,9 @@ void cmd_quantize_help(void) {
            "  --threads N      worker threads, 0 = one per CPU (env VOXQ_THREADS, default 0)\n"
            "  --force          remake the variant even when it exists\n"
            "  --store DIR      store root (env VOXQ_STORE, default ./store)\n"
+           "  --quality-steps N  decoder steps a prompt for the quality figures measured\n"
+           "                   before publishing (docs/quality.md); 0 skips them (env\n"
+           "                   VOXQ_QUANT_QUALITY_STEPS, default 128; device: VOXQ_DEVICE)\n"
            "\n"
            "The summary (sizes, ratio, relative error per tensor and overall, time) is printed\n"
            "and written to the variant's MANIFEST.json under \"quantization\".\n"
@@ -179,7 +183,7 @@ static size_t split_keep(char *list, const char **out, size_t max) {
  * prints the outcome. */
 int cmd_quantize(int argc, char **argv) {
     const char *model = NULL, *store_root = NULL;
-    const char *method_s = NULL, *policy = NULL, *threads_s = NULL;
+    const char *method_s = NULL, *policy = NULL, *threads_s = NULL, *qsteps_s = NULL;
     const char *keep[MAX_KEEP];
     size_t nkeep = 0;
     int force = 0;
@@ -198,6 +202,8 @@ int cmd_quantize(int argc, char **argv) {
             policy = v;
         } else if ((v = cli_flag_value(argc, argv, &i, "--threads", &missing))) {
             threads_s = v;
+        } else if ((v = cli_flag_value(argc, argv, &i, "--quality-steps", &missing))) {
+            qsteps_s = v;
         } else if ((v = cli_flag_value(argc, argv, &i, "--store", &missing))) {
             store_root = v;
         } else if (!missing && !strcmp(argv[i], "--force")) {
@@ -225,6 +231,9 @@ int cmd_quantize(int argc, char **argv) {
     if (!policy) policy = cli_env("VOXQ_QUANT_POLICY", "auto");
     if (!threads_s) threads_s = cli_env("VOXQ_THREADS", "0");
     if (!store_root) store_root = store_default_root();
+    if (!qsteps_s) qsteps_s = cli_env("VOXQ_QUANT_QUALITY_STEPS", "128");
+    char *qend = NULL;
+    long qsteps = strtol(qsteps_s, &qend, 10);
 
     int rc = 2;
     eng_quant_method method;
@@ -248,6 +257,10 @@ int cmd_quantize(int argc, char **argv) {
         fprintf(stderr, "voxq quantize: --threads must be 0..64 (got '%s')\n", threads_s);
         goto done;
     }
+    if (!*qsteps_s || *qend || qsteps < 0 || qsteps > 3072) {
+        fprintf(stderr, "voxq quantize: --quality-steps must be 0..3072 (got '%s')\n", qsteps_s);
+        goto done;
+    }
     if (!store_name_valid(model)) {
         fprintf(stderr, "voxq quantize: invalid model name '%s' ([a-z0-9._-])\n", model);
         goto done;
@@ -264,7 +277,8 @@ int cmd_quantize(int argc, char **argv) {
     snprintf(ref, sizeof ref, "%s/%s", model, eng_quant_method_name(method));
     display d = {isatty(2), ref, 0, -1, 0, ""};
     worker_quant_request req = {model, method, policy, keep, nkeep, (int)threads, force,
-                                show_quant, show_publish, show_note, &d};
+                                show_quant, show_publish, show_note, &d, (int)qsteps,
+                                cli_env("VOXQ_DEVICE", "auto")};
     struct sigaction sa, old_int, old_term;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
@@ -284,6 +298,12 @@ int cmd_quantize(int argc, char **argv) {
         rc = 0;
     } else if (qrc == 0) {
         print_summary(&res, ref);
+        store_manifest man = {0};
+        char line[256];
+        if (store_manifest_read(&st, model, res.variant, &man, NULL) == 0 &&
+            bench_quality_summary(man.json, line, sizeof line))
+            printf("  quality     %s\n", line);
+        store_manifest_free(&man);
         rc = 0;
     } else if (qrc == ENG_ECANCELLED || cancel_requested) {
         fprintf(stderr, "%svoxq quantize: %s cancelled; nothing was published\n",

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "ops/bench.h"
 #include "ops/store.h"
 #include "worker/cli.h"
 
@@ -126,6 +127,12 @@ static int store_ls(store *s, const char *model, int hash) {
         printf("%-20s %-12s %10s  %-20s  %-8s  %s\n", e->model, e->variant,
                human_bytes(e->bytes, size), e->created[0] ? e->created : "-",
                e->method[0] ? e->method : "-", verified);
+        store_manifest man = {0}; /* quality figures recorded by voxq quantize (ops/bench.h) */
+        char line[256];
+        if (e->state == STORE_VALID && !store_manifest_read(s, e->model, e->variant, &man, NULL) &&
+            bench_quality_summary(man.json, line, sizeof line))
+            printf("%-20s quality: %s\n", "", line);
+        store_manifest_free(&man);
     }
     if (n == 0) fprintf(stderr, "(no models in %s)\n", s->root);
     free(list);

@@ -13,6 +13,7 @@ static const cli_command commands[] = {
     {"worker", "run the job service: Redis queue, engine, results", cmd_worker, cmd_worker_help},
     {"enqueue", "push a synthesize or quantize job and print its id", cmd_enqueue, cmd_enqueue_help},
     {"wait", "wait for a job to finish and print its result", cmd_wait, cmd_wait_help},
+    {"bench", "compare variants: speed, memory, quality, HTML report", cmd_bench, cmd_bench_help},
 };
 static const size_t ncommands = sizeof commands / sizeof commands[0];
 

@@ -76,7 +76,7 @@ static void ack(quant_job *qj, int already) {
     queue_result r = {0};
     r.output_path = qj->result.dir[0] ? qj->result.dir : NULL;
     r.run_ms = qj->result.total_seconds * 1000.0;
-    r.extra_json = extra;
+    r.artifact = extra;
     qlog_("job %s: %s/%s %s", qj->d->job.id, qj->model, qj->method,
           already ? "already present: reused" : "published");
     queue_ack(qj->q, qj->d, &r);

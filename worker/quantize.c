@@ -2,6 +2,8 @@
  * non-weight files, publish with the summary in MANIFEST.json. See quantize.h. */
 #include "worker/quantize.h"
 
+#include "ops/bench.h"
+
 #include <cjson/cJSON.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -137,6 +139,7 @@ int worker_quantize(const store *s, const worker_quant_request *req, worker_quan
 
     /* The source must be a whole, valid artifact. */
     store_manifest src = {0};
+    cJSON *figures = NULL; /* quality figures measured on the staged variant */
     char src_dir[STORE_PATH_MAX];
     eng_error why = {0};
     rc = store_variant_state(s, req->model, WORKER_QUANT_SOURCE, &why);
@@ -200,6 +203,19 @@ int worker_quantize(const store *s, const worker_quant_request *req, worker_quan
             goto out;
         }
     }
+    if (req->quality_steps > 0) {
+        note(req, "measuring quality figures against %s/%s (%d steps a prompt)", req->model,
+             WORKER_QUANT_SOURCE, req->quality_steps);
+        rc = bench_quality_store(s, req->model, src_dir, stage.dir, req->quality_device,
+                                 req->threads, req->quality_steps, &figures, &why);
+        if (rc == ENG_EUNSUPPORTED) note(req, "%s", why.msg);
+        if (rc && rc != ENG_EUNSUPPORTED) {
+            store_stage_abort(&stage);
+            rc = eng_errorf(err, rc, "quality check before publishing: %s", why.msg);
+            goto out;
+        }
+        rc = 0;
+    }
     /* Last chance to cancel before the artifact becomes visible. */
     if (req->progress && res->report.ntensors > 0) {
         size_t n = res->report.ntensors;
@@ -221,6 +237,9 @@ int worker_quantize(const store *s, const worker_quant_request *req, worker_quan
                         variant);
         goto out;
     }
+    cJSON *quality = cJSON_GetObjectItem(extra, "quality"), *item;
+    while (figures && quality && (item = figures->child)) /* the figures join "quality" */
+        cJSON_AddItemToObject(quality, item->string, cJSON_DetachItemViaPointer(figures, item));
     rc = store_stage_commit(&stage, extra, req->publish_progress, req->ctx, err);
     cJSON_Delete(extra);
     if (rc == STORE_EEXIST) { /* someone else's equal artifact won the race; ours is gone */
@@ -228,6 +247,7 @@ int worker_quantize(const store *s, const worker_quant_request *req, worker_quan
         rc = 0;
     }
 out:
+    cJSON_Delete(figures);
     store_manifest_free(&src);
     res->total_seconds = now_s() - t0;
     if (rc) eng_quant_report_free(&res->report);

@@ -33,6 +33,11 @@ typedef struct worker_quant_request {
      * "int8 is damaged: ... ; remaking it"). May be NULL. */
     void (*note)(void *ctx, const char *line);
     void *ctx;                      /* passed to the three callbacks */
+    /* > 0: before publishing, measure the quality figures (ops/bench.h, docs/quality.md) with
+     * this many decoder steps per prompt on `quality_device` (NULL: auto) and add them to the
+     * manifest's "quality"; 0: skip. A variant that then fails to load is not published. */
+    int quality_steps;
+    const char *quality_device;
 } worker_quant_request;
 
 typedef struct worker_quant_result {

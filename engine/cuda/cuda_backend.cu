@@ -314,6 +314,8 @@ static void cuda_destroy(eng_backend *be) {
     cuda_graph_reset(be);
     cuda_free(be, c->scratch);
     cuda_free(be, c->cublas_ws);
+    cuda_free(be, c->att_part);
+    cuda_free(be, c->att_count);
     cublasDestroy(c->cublas);
     cudaStreamDestroy(c->stream);
     free(st->table.recs);
@@ -341,6 +343,7 @@ static eng_backend_ops make_ops(void) {
     o.rmsnorm = cuda_rmsnorm;
     o.add = cuda_add;
     o.rope = cuda_rope;
+    o.rope_kv_write = cuda_rope_kv_write;
     o.silu_mul = cuda_silu_mul;
     o.embed_sum = cuda_embed_sum;
     o.kv_write = cuda_kv_write;
@@ -416,6 +419,15 @@ CUDA_EXTERN int eng_cuda_backend_create(eng_backend **out, int device, eng_error
         cuda_destroy(be);
         return ENG_EDEVICE;
     }
+    if (cuda_alloc(be, CUDA_ATT_PART_BYTES, (void **)&c->att_part) != 0 ||
+        cuda_alloc(be, CUDA_ATT_COUNTERS * sizeof(int), (void **)&c->att_count) != 0 ||
+        cudaMemset(c->att_count, 0, CUDA_ATT_COUNTERS * sizeof(int)) != cudaSuccess) {
+        eng_errorf(err, ENG_EDEVICE, "attention workspace: %s", be->errstr);
+        cuda_destroy(be);
+        return ENG_EDEVICE;
+    }
+    c->att_part_bytes = CUDA_ATT_PART_BYTES;
+    c->att_count_len = CUDA_ATT_COUNTERS;
     *out = be;
     return 0;
 }

@@ -100,6 +100,75 @@ int cuda_rope(eng_backend *be, eng_tensor *x, const eng_tensor *pos, float theta
     return 0;
 }
 
+/* rope on q and k and the K/V store write in one pass: items [0, n*(qh+kvh)*half) rotate a pair
+ * (k pairs also go to the store), the n*kvh*hd items after them copy v into the store. */
+__global__ void k_rope_kv(float *q, float *k, const float *v, const int32_t *pos,
+                          const int32_t *slot, void *kc, void *vc, int bf16, int n, int qh, int kvh,
+                          int hd, int max_len, int slots, float theta) {
+    pdl_trigger();
+    int half = hd / 2;
+    size_t nrot = (size_t)n * (qh + kvh) * half, nv = (size_t)n * kvh * hd;
+    for (size_t t = blockIdx.x * (size_t)blockDim.x + threadIdx.x; t < nrot + nv;
+         t += (size_t)gridDim.x * blockDim.x) {
+        if (t < nrot) {
+            int i = (int)(t % half);
+            size_t rh = t / half;
+            int row = (int)(rh / (qh + kvh)), head = (int)(rh % (qh + kvh));
+            float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
+            float s, c;
+            sincosf((float)pos[row] * inv_freq, &s, &c);
+            float *vec = head < qh ? q + ((size_t)row * qh + head) * hd
+                                   : k + ((size_t)row * kvh + head - qh) * hd;
+            float a = vec[i], b = vec[i + half];
+            float ra = a * c - b * s, rb = b * c + a * s;
+            vec[i] = ra;
+            vec[i + half] = rb;
+            if (head >= qh) {
+                int sl = slot[row], p = pos[row];
+                if (sl < 0 || sl >= slots || p < 0 || p >= max_len) continue;
+                size_t dst = (((size_t)sl * max_len + p) * kvh + head - qh) * hd;
+                if (bf16) {
+                    ((__nv_bfloat16 *)kc)[dst + i] = __float2bfloat16_rn(ra);
+                    ((__nv_bfloat16 *)kc)[dst + i + half] = __float2bfloat16_rn(rb);
+                } else {
+                    ((float *)kc)[dst + i] = ra;
+                    ((float *)kc)[dst + i + half] = rb;
+                }
+            }
+        } else {
+            size_t e = t - nrot;
+            int row = (int)(e / ((size_t)kvh * hd));
+            int sl = slot[row], p = pos[row];
+            if (sl < 0 || sl >= slots || p < 0 || p >= max_len) continue;
+            size_t dst = ((size_t)sl * max_len + p) * kvh * hd + e % ((size_t)kvh * hd);
+            if (bf16)
+                ((__nv_bfloat16 *)vc)[dst] = __float2bfloat16_rn(v[e]);
+            else
+                ((float *)vc)[dst] = v[e];
+        }
+    }
+}
+
+int cuda_rope_kv_write(eng_backend *be, eng_tensor *q, eng_tensor *k, const eng_tensor *v,
+                       const eng_tensor *pos, float theta, eng_kv *kv, const eng_tensor *slot) {
+    int64_t n = q->shape[0];
+    int hd = kv->head_dim, kvh = kv->heads;
+    CUDA_REQUIRE(be, q->ndim == 3 && k->ndim == 3 && q->shape[2] == hd && k->shape[2] == hd &&
+                         k->shape[1] == kvh && k->shape[0] == n && eng_numel(v) == eng_numel(k) &&
+                         hd % 2 == 0 && pos->dtype == ENG_DT_I32 && slot->dtype == ENG_DT_I32 &&
+                         eng_numel(pos) == n && eng_numel(slot) == n &&
+                         (kv->dtype == ENG_DT_F32 || kv->dtype == ENG_DT_BF16),
+                 "rope_kv_write", "q [n, qh, %d], k/v [n, %d, %d], pos/slot I32 [n]", hd, kvh, hd);
+    size_t total = (size_t)n * ((size_t)(q->shape[1] + kvh) * (hd / 2) + (size_t)kvh * hd);
+    if (!total) return 0;
+    k_rope_kv<<<grid_for(total, 256), 256, 0, cuda_of(be)->stream>>>(
+        (float *)q->data, (float *)k->data, (const float *)v->data, (const int32_t *)pos->data,
+        (const int32_t *)slot->data, kv->k, kv->v, kv->dtype == ENG_DT_BF16, (int)n,
+        (int)q->shape[1], kvh, hd, kv->max_len, kv->slots, theta);
+    CU_LAUNCHED(be);
+    return 0;
+}
+
 __global__ void k_silu_mul(float *y, const float *gu, int n, int f) {
     pdl_trigger();
     size_t total = (size_t)n * f;
@@ -122,27 +191,39 @@ int cuda_silu_mul(eng_backend *be, eng_tensor *y, const eng_tensor *gu) {
     return 0;
 }
 
-/* One block per output row; an out-of-range id makes the row NaN instead of reading out of
- * bounds, so the error surfaces in the logits at the next download. */
+/* Block (row, slice of 256 features): the row's ids go to shared memory once, then each thread
+ * sums its feature over the channels with independent loads. An out-of-range id makes the row
+ * NaN instead of reading out of bounds, so the error surfaces in the logits. */
+#define EMBED_MAX_C 32
 __global__ void k_embed_sum(float *y, const void *table, int bf16, const int32_t *ids, int C,
                             int stride, int rows, int d) {
+    __shared__ long long s_row[EMBED_MAX_C];
+    __shared__ int s_bad;
     pdl_trigger();
-    int r = blockIdx.x;
-    for (int i = threadIdx.x; i < d; i += blockDim.x) {
-        float acc = 0.f;
-        for (int c = 0; c < C; c++) {
-            int id = ids[(size_t)r * C + c];
-            long long row = (long long)c * stride + id;
-            int limit = stride ? stride : rows;
-            if (id < 0 || id >= limit || row >= rows) {
-                acc = __int_as_float(0x7fc00000);
-                break;
-            }
-            acc += bf16 ? __bfloat162float(((const __nv_bfloat16 *)table)[row * d + i])
-                        : ((const float *)table)[row * d + i];
+    int r = blockIdx.x, i = blockIdx.y * blockDim.x + threadIdx.x;
+    if (threadIdx.x == 0) s_bad = 0;
+    __syncthreads();
+    if ((int)threadIdx.x < C) {
+        int id = ids[(size_t)r * C + threadIdx.x];
+        long long row = (long long)threadIdx.x * stride + id;
+        int limit = stride ? stride : rows;
+        if (id < 0 || id >= limit || row >= rows) {
+            s_bad = 1;
+            row = 0;
         }
-        y[(size_t)r * d + i] = acc;
+        s_row[threadIdx.x] = row;
     }
+    __syncthreads();
+    if (i >= d) return;
+    float acc = 0.f;
+    if (bf16) {
+        const __nv_bfloat16 *t = (const __nv_bfloat16 *)table;
+        for (int c = 0; c < C; c++) acc += __bfloat162float(t[s_row[c] * d + i]);
+    } else {
+        const float *t = (const float *)table;
+        for (int c = 0; c < C; c++) acc += t[s_row[c] * d + i];
+    }
+    y[(size_t)r * d + i] = s_bad ? __int_as_float(0x7fc00000) : acc;
 }
 
 /* The ids are checked on the device: they may have been written there by sampling. */
@@ -152,10 +233,12 @@ int cuda_embed_sum(eng_backend *be, eng_tensor *y, const eng_tensor *table, cons
     int64_t d = table->shape[1], rows = table->shape[0];
     CUDA_REQUIRE(be, ids->dtype == ENG_DT_I32 && table->ndim == 2 &&
                          (table->dtype == ENG_DT_F32 || table->dtype == ENG_DT_BF16) &&
-                         eng_numel(y) == n * d,
-                 "embed_sum", "ids I32 [n, C], table F32/BF16 [rows, d], y [n, d]");
+                         eng_numel(y) == n * d && C <= EMBED_MAX_C,
+                 "embed_sum", "ids I32 [n, C <= %d], table F32/BF16 [rows, d], y [n, d]",
+                 EMBED_MAX_C);
     if (!n) return 0;
-    k_embed_sum<<<(unsigned)n, 128, 0, cuda_of(be)->stream>>>(
+    dim3 grid((unsigned)n, (unsigned)((d + 255) / 256));
+    k_embed_sum<<<grid, 256, 0, cuda_of(be)->stream>>>(
         (float *)y->data, table->data, table->dtype == ENG_DT_BF16, (const int32_t *)ids->data,
         (int)C, channel_stride, (int)rows, (int)d);
     CU_LAUNCHED(be);

@@ -17,6 +17,8 @@ extern "C" {
 
 #define CUDA_MAX_GRAPHS 16
 #define CUDA_CUBLAS_WORKSPACE ((size_t)32 << 20)
+#define CUDA_ATT_PART_BYTES ((size_t)32 << 20)
+#define CUDA_ATT_COUNTERS 8192
 
 typedef struct cuda_graph_slot {
     int key;
@@ -35,6 +37,12 @@ typedef struct cuda_impl {
     void *scratch;
     size_t scratch_bytes;
     void *cublas_ws;
+    /* Attention split partials (max, sum, head_dim values per split) and per-(row, head)
+     * arrival counters, allocated at creation so captured steps never allocate. */
+    float *att_part;
+    size_t att_part_bytes;
+    int *att_count;
+    int64_t att_count_len;
     int capturing;
     cuda_graph_slot graphs[CUDA_MAX_GRAPHS];
     int ngraphs;
@@ -97,6 +105,8 @@ int cuda_rmsnorm(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_
                  float eps);
 int cuda_add(eng_backend *be, eng_tensor *y, const eng_tensor *a);
 int cuda_rope(eng_backend *be, eng_tensor *x, const eng_tensor *pos, float theta);
+int cuda_rope_kv_write(eng_backend *be, eng_tensor *q, eng_tensor *k, const eng_tensor *v,
+                       const eng_tensor *pos, float theta, eng_kv *kv, const eng_tensor *slot);
 int cuda_silu_mul(eng_backend *be, eng_tensor *y, const eng_tensor *gu);
 int cuda_embed_sum(eng_backend *be, eng_tensor *y, const eng_tensor *table, const eng_tensor *ids,
                    int channel_stride);

@@ -66,20 +66,37 @@ template <> struct wload<ENG_W_I4> {
     }
 };
 
-/* y[NR, out] = x[NR, in] . W^T for one format. A block owns R consecutive output rows; its
- * threads split the input dimension in 16-byte chunks of W, so each thread loads R independent
- * weight vectors per step (memory-level parallelism) and reuses every x value it loads for all
- * R rows. Partial sums meet in shared memory. int8 rows carry one scale, int4 one per group of
- * `group` inputs (group % 32 == 0, so a 16-byte chunk never straddles groups). */
-template <int FMT, int NR, int R, int PRE, int ACC>
+/* Whether the r-th row of a block exists: plain rows below out; with the silu epilogue the
+ * first R/2 are gate rows (below out/2) and the rest up rows (below out). */
+template <int EPI>
+__device__ __forceinline__ bool row_ok(int row, int r, int R, int out, int half) {
+    return EPI ? (r < R / 2 ? row < half : row < out) : row < out;
+}
+
+/* y[NR, out] = x[NR, in] . W^T for one format. A block owns R output rows; its threads split the
+ * input dimension in 16-byte chunks of W, so each thread loads R independent weight vectors per
+ * step (memory-level parallelism) and reuses every x value it loads for all R rows. Partial sums
+ * meet in shared memory. int8 rows carry one scale, int4 one per group of `group` inputs
+ * (group % 32 == 0, so a chunk never straddles groups).
+ * PRE_RMSNORM: the loop multiplies x by the norm weight and also sums x^2 (each x value is seen by
+ * exactly one thread of the block), and the row's 1/rms scales the dot products at the end: no
+ * separate pass. PRE_SILU_MUL: x is [gate | up] and the loop uses silu(gate) * up.
+ * EPI (silu epilogue): the block's first R/2 rows are gate rows g0.., the others the matching up
+ * rows out/2 + g0..; it writes y[n, out/2] = silu(gate) * up. ACC adds into y. */
+template <int FMT, int NR, int R, int PRE, int ACC, int EPI>
 __global__ void __launch_bounds__(256)
 k_gemv(float *__restrict__ y, const float *__restrict__ x, const uint4 *__restrict__ w,
        const float *__restrict__ scales, int out, int in, int group,
        const float *__restrict__ norm, float eps) {
     constexpr int V = wload<FMT>::vals;
     __shared__ float s_part[8][R * NR];
-    __shared__ float s_inv[NR];
-    int row0 = blockIdx.x * R;
+    __shared__ float s_ss[8][NR];
+    int half = out / 2;
+    int rows[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        rows[r] = EPI ? (r < R / 2 ? blockIdx.x * (R / 2) + r : half + blockIdx.x * (R / 2) + r - R / 2)
+                      : blockIdx.x * R + r;
     int chunks = in / V, ngroups = FMT == ENG_W_I4 ? (in + group - 1) / group : 1;
     /* The weights do not depend on the previous kernel: start streaming them before waiting. */
     pdl_trigger();
@@ -87,54 +104,33 @@ k_gemv(float *__restrict__ y, const float *__restrict__ x, const uint4 *__restri
     if ((int)threadIdx.x < chunks) {
 #pragma unroll
         for (int r = 0; r < R; r++)
-            q[r] = row0 + r < out ? __ldg(w + (size_t)(row0 + r) * chunks + threadIdx.x)
-                                  : make_uint4(0, 0, 0, 0);
+            q[r] = row_ok<EPI>(rows[r], r, R, out, half)
+                       ? __ldg(w + (size_t)rows[r] * chunks + threadIdx.x)
+                       : make_uint4(0, 0, 0, 0);
     }
     pdl_wait();
-    if (PRE == ENG_PRE_RMSNORM) {
-        /* Every block normalizes the same few rows of x itself: cheaper than a launch. */
-        float ss[NR];
-#pragma unroll
-        for (int n = 0; n < NR; n++) ss[n] = 0.f;
-        for (int k = threadIdx.x * 4; k < in; k += blockDim.x * 4) {
-#pragma unroll
-            for (int n = 0; n < NR; n++) {
-                float4 v = __ldg((const float4 *)(x + (size_t)n * in + k));
-                ss[n] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-            }
-        }
-        int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-#pragma unroll
-        for (int n = 0; n < NR; n++) {
-            float v = warp_sum(ss[n]);
-            if (lane == 0) s_part[warp][n] = v;
-        }
-        __syncthreads();
-        if (threadIdx.x < NR) {
-            float t = 0.f;
-            for (int k = 0; k < (int)blockDim.x / 32; k++) t += s_part[k][threadIdx.x];
-            s_inv[threadIdx.x] = rsqrtf(t / (float)in + eps);
-        }
-        __syncthreads();
-    }
-    float acc[R][NR];
+    float acc[R][NR], ss[NR];
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int n = 0; n < NR; n++) acc[r][n] = 0.f;
+#pragma unroll
+    for (int n = 0; n < NR; n++) ss[n] = 0.f;
     for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
         if (c != (int)threadIdx.x) {
 #pragma unroll
             for (int r = 0; r < R; r++)
-                q[r] = row0 + r < out ? __ldg(w + (size_t)(row0 + r) * chunks + c)
-                                      : make_uint4(0, 0, 0, 0);
+                q[r] = row_ok<EPI>(rows[r], r, R, out, half)
+                           ? __ldg(w + (size_t)rows[r] * chunks + c)
+                           : make_uint4(0, 0, 0, 0);
         }
         float sc[R];
         if (FMT == ENG_W_I4) {
 #pragma unroll
             for (int r = 0; r < R; r++)
-                sc[r] = row0 + r < out ? __ldg(scales + (size_t)(row0 + r) * ngroups + (c * V) / group)
-                                       : 0.f;
+                sc[r] = row_ok<EPI>(rows[r], r, R, out, half)
+                            ? __ldg(scales + (size_t)rows[r] * ngroups + (c * V) / group)
+                            : 0.f;
         }
 #pragma unroll
         for (int sub = 0; sub < V / 8; sub++) {
@@ -159,7 +155,10 @@ k_gemv(float *__restrict__ y, const float *__restrict__ x, const uint4 *__restri
 #pragma unroll
                 for (int n = 0; n < NR; n++)
 #pragma unroll
-                    for (int j = 0; j < 8; j++) xf[n][j] = xf[n][j] * s_inv[n] * nw[j];
+                    for (int j = 0; j < 8; j++) {
+                        ss[n] = fmaf(xf[n][j], xf[n][j], ss[n]);
+                        xf[n][j] *= nw[j];
+                    }
             }
 #pragma unroll
             for (int r = 0; r < R; r++) {
@@ -186,17 +185,41 @@ k_gemv(float *__restrict__ y, const float *__restrict__ x, const uint4 *__restri
             float v = warp_sum(acc[r][n]);
             if (lane == 0) s_part[warp][r * NR + n] = v;
         }
+    if (PRE == ENG_PRE_RMSNORM) {
+#pragma unroll
+        for (int n = 0; n < NR; n++) {
+            float v = warp_sum(ss[n]);
+            if (lane == 0) s_ss[warp][n] = v;
+        }
+    }
     __syncthreads();
-    for (int i = threadIdx.x; i < R * NR; i += blockDim.x) {
+    constexpr int NOUT = EPI ? R / 2 : R;
+    for (int i = threadIdx.x; i < NOUT * NR; i += blockDim.x) {
         int r = i / NR, n = i % NR;
-        if (row0 + r >= out) continue;
+        float scale_n = 1.f;
+        if (PRE == ENG_PRE_RMSNORM) {
+            float t = 0.f;
+            for (int k = 0; k < nwarps; k++) t += s_ss[k][n];
+            scale_n = rsqrtf(t / (float)in + eps);
+        }
         float v = 0.f;
         for (int k = 0; k < nwarps; k++) v += s_part[k][i];
-        if (FMT == ENG_W_I8) v *= scales[row0 + r];
-        if (ACC)
-            y[(size_t)n * out + row0 + r] += v;
-        else
-            y[(size_t)n * out + row0 + r] = v;
+        int orow = EPI ? (int)blockIdx.x * (R / 2) + r : (int)blockIdx.x * R + r;
+        if (FMT == ENG_W_I8) v *= scales[orow];
+        v *= scale_n;
+        if (EPI) {
+            if (orow >= half) continue;
+            float u = 0.f;
+            for (int k = 0; k < nwarps; k++) u += s_part[k][(r + R / 2) * NR + n];
+            if (FMT == ENG_W_I8) u *= scales[half + orow];
+            u *= scale_n;
+            y[(size_t)n * half + orow] = v / (1.f + __expf(-v)) * u;
+        } else if (orow < out) {
+            if (ACC)
+                y[(size_t)n * out + orow] += v;
+            else
+                y[(size_t)n * out + orow] = v;
+        }
     }
 }
 
@@ -265,11 +288,12 @@ static int gemv_threads(int chunks) {
  * enough blocks to keep every SM streaming. */
 template <int FMT> struct rows_per_block { static constexpr int big = FMT == ENG_W_BF16 ? 4 : 8; };
 
-template <int FMT, int NR, int R, int PRE, int ACC>
+template <int FMT, int NR, int R, int PRE, int ACC, int EPI>
 static cudaError_t launch_k(const eng_weight *w, float *y, const float *x, const float *norm,
                             float eps, cudaStream_t st) {
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)((w->out + R - 1) / R));
+    int64_t rows = EPI ? w->out / 2 : w->out, per = EPI ? R / 2 : R;
+    cfg.gridDim = dim3((unsigned)((rows + per - 1) / per));
     cfg.blockDim = dim3((unsigned)gemv_threads((int)w->in / wload<FMT>::vals));
     cfg.stream = st;
     cudaLaunchAttribute attr[1];
@@ -277,40 +301,44 @@ static cudaError_t launch_k(const eng_weight *w, float *y, const float *x, const
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, k_gemv<FMT, NR, R, PRE, ACC>, y, x, (const uint4 *)w->data,
-                              w->scales, (int)w->out, (int)w->in, w->group, norm, eps);
+    return cudaLaunchKernelEx(&cfg, k_gemv<FMT, NR, R, PRE, ACC, EPI>, y, x,
+                              (const uint4 *)w->data, w->scales, (int)w->out, (int)w->in,
+                              w->group, norm, eps);
 }
 
-template <int FMT, int NR, int PRE, int ACC>
+template <int FMT, int NR, int PRE, int ACC, int EPI>
 static cudaError_t launch_fmt(const eng_weight *w, float *y, const float *x, const float *norm,
                               float eps, cudaStream_t st) {
     constexpr int RB = rows_per_block<FMT>::big;
-    if (w->out / RB >= 264) return launch_k<FMT, NR, RB, PRE, ACC>(w, y, x, norm, eps, st);
-    return launch_k<FMT, NR, 2, PRE, ACC>(w, y, x, norm, eps, st);
+    if (w->out / RB >= 264) return launch_k<FMT, NR, RB, PRE, ACC, EPI>(w, y, x, norm, eps, st);
+    return launch_k<FMT, NR, 2, PRE, ACC, EPI>(w, y, x, norm, eps, st);
 }
 
-template <int NR, int PRE, int ACC>
+template <int NR, int PRE, int ACC, int EPI>
 static cudaError_t launch_pre(const eng_weight *w, float *y, const float *x, const float *norm,
                               float eps, cudaStream_t st) {
     switch (w->fmt) {
-    case ENG_W_BF16: return launch_fmt<ENG_W_BF16, NR, PRE, ACC>(w, y, x, norm, eps, st);
-    case ENG_W_I8: return launch_fmt<ENG_W_I8, NR, PRE, ACC>(w, y, x, norm, eps, st);
-    default: return launch_fmt<ENG_W_I4, NR, PRE, ACC>(w, y, x, norm, eps, st);
+    case ENG_W_BF16: return launch_fmt<ENG_W_BF16, NR, PRE, ACC, EPI>(w, y, x, norm, eps, st);
+    case ENG_W_I8: return launch_fmt<ENG_W_I8, NR, PRE, ACC, EPI>(w, y, x, norm, eps, st);
+    default: return launch_fmt<ENG_W_I4, NR, PRE, ACC, EPI>(w, y, x, norm, eps, st);
     }
 }
 
-/* Picks the template for the fused variant; the plain linear is PRE_NONE without ACC. */
+/* Picks the template for the fused variant. The combinations the decoder uses are instantiated:
+ * plain, norm, norm + silu epilogue (gate_up), residual, silu prologue + residual, norm +
+ * residual; anything else is composed by cuda_linear_ex. */
 template <int NR>
 static cudaError_t launch_gemv(const eng_weight *w, float *y, const float *x, int pre, int acc,
-                               const float *norm, float eps, cudaStream_t st) {
+                               int post, const float *norm, float eps, cudaStream_t st) {
+    if (post == ENG_POST_SILU_MUL)
+        return launch_pre<NR, ENG_PRE_RMSNORM, 0, 1>(w, y, x, norm, eps, st);
     if (pre == ENG_PRE_RMSNORM)
-        return acc ? launch_pre<NR, ENG_PRE_RMSNORM, 1>(w, y, x, norm, eps, st)
-                   : launch_pre<NR, ENG_PRE_RMSNORM, 0>(w, y, x, norm, eps, st);
+        return acc ? launch_pre<NR, ENG_PRE_RMSNORM, 1, 0>(w, y, x, norm, eps, st)
+                   : launch_pre<NR, ENG_PRE_RMSNORM, 0, 0>(w, y, x, norm, eps, st);
     if (pre == ENG_PRE_SILU_MUL)
-        return acc ? launch_pre<NR, ENG_PRE_SILU_MUL, 1>(w, y, x, norm, eps, st)
-                   : launch_pre<NR, ENG_PRE_SILU_MUL, 0>(w, y, x, norm, eps, st);
-    return acc ? launch_pre<NR, ENG_PRE_NONE, 1>(w, y, x, norm, eps, st)
-               : launch_pre<NR, ENG_PRE_NONE, 0>(w, y, x, norm, eps, st);
+        return launch_pre<NR, ENG_PRE_SILU_MUL, 1, 0>(w, y, x, norm, eps, st);
+    return acc ? launch_pre<NR, ENG_PRE_NONE, 1, 0>(w, y, x, norm, eps, st)
+               : launch_pre<NR, ENG_PRE_NONE, 0, 0>(w, y, x, norm, eps, st);
 }
 
 static int vector_path_ok(const eng_weight *w) {
@@ -363,20 +391,20 @@ static int gemm_cublas(eng_backend *be, float *y, const float *x, const eng_weig
 /* Runs the small-n kernels over x in slices of 8, 4, 2 and 1 rows (decoding uses even row
  * counts; the model pads to power-of-two buckets). */
 static int gemv_rows(eng_backend *be, float *yp, const float *xp, const eng_weight *w, int64_t n,
-                     int pre, int acc, const float *norm, float eps) {
+                     int pre, int acc, int post, const float *norm, float eps) {
     cudaStream_t st = cuda_of(be)->stream;
     int64_t xin = pre == ENG_PRE_SILU_MUL ? 2 * w->in : w->in;
     for (int64_t r0 = 0; r0 < n;) {
         int64_t left = n - r0;
         int m = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
         const float *xr = xp + r0 * xin;
-        float *yr = yp + r0 * w->out;
+        float *yr = yp + r0 * (post == ENG_POST_SILU_MUL ? w->out / 2 : w->out);
         cudaError_t e;
         switch (m) {
-        case 8: e = launch_gemv<8>(w, yr, xr, pre, acc, norm, eps, st); break;
-        case 4: e = launch_gemv<4>(w, yr, xr, pre, acc, norm, eps, st); break;
-        case 2: e = launch_gemv<2>(w, yr, xr, pre, acc, norm, eps, st); break;
-        default: e = launch_gemv<1>(w, yr, xr, pre, acc, norm, eps, st); break;
+        case 8: e = launch_gemv<8>(w, yr, xr, pre, acc, post, norm, eps, st); break;
+        case 4: e = launch_gemv<4>(w, yr, xr, pre, acc, post, norm, eps, st); break;
+        case 2: e = launch_gemv<2>(w, yr, xr, pre, acc, post, norm, eps, st); break;
+        default: e = launch_gemv<1>(w, yr, xr, pre, acc, post, norm, eps, st); break;
         }
         if (e != cudaSuccess)
             return eng_backend_fail(be, ENG_EDEVICE, "linear: launch: %s", cudaGetErrorString(e));
@@ -414,16 +442,20 @@ int cuda_linear(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_w
         CU_LAUNCHED(be);
         return 0;
     }
-    return gemv_rows(be, yp, xp, w, n, ENG_PRE_NONE, 0, NULL, 0.f);
+    return gemv_rows(be, yp, xp, w, n, ENG_PRE_NONE, 0, ENG_POST_NONE, NULL, 0.f);
 }
 
-/* Fused where the small-n kernels apply; otherwise the composition through the scratch. */
+/* Fused where the small-n kernels apply (the instantiated combinations); otherwise composed of
+ * the plain ops through the caller's scratch. */
 int cuda_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w,
                    const eng_linear_args *a) {
     int64_t n = x->shape[0];
-    int fused = n <= 2 * GEMV_MAX_ROWS && vector_path_ok(w) &&
-                (a->pre != ENG_PRE_RMSNORM || (a->norm && eng_numel(a->norm) == w->in &&
-                                               w->in % 4 == 0));
+    int post = a->post;
+    int combo_ok = post == ENG_POST_SILU_MUL
+                       ? a->pre == ENG_PRE_RMSNORM && !a->accumulate && w->out % 2 == 0
+                       : !(a->pre == ENG_PRE_SILU_MUL && !a->accumulate);
+    int fused = combo_ok && n <= 2 * GEMV_MAX_ROWS && vector_path_ok(w) &&
+                (a->pre != ENG_PRE_RMSNORM || (a->norm && eng_numel(a->norm) == w->in));
     if (!fused) {
         const eng_tensor *in = x;
         int rc;
@@ -434,14 +466,25 @@ int cuda_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const en
             if (rc) return rc;
             in = a->tmp_in;
         }
+        if (post == ENG_POST_SILU_MUL) {
+            CUDA_REQUIRE(be, a->tmp_out != NULL && !a->accumulate, "linear_ex",
+                         "the silu epilogue needs tmp_out scratch and no accumulate");
+            rc = cuda_linear(be, a->tmp_out, in, w);
+            return rc ? rc : cuda_silu_mul(be, y, a->tmp_out);
+        }
         if (!a->accumulate) return cuda_linear(be, y, in, w);
         CUDA_REQUIRE(be, a->tmp_out != NULL, "linear_ex", "accumulate needs tmp_out scratch");
         rc = cuda_linear(be, a->tmp_out, in, w);
         return rc ? rc : cuda_add(be, y, a->tmp_out);
     }
-    int rc = check_linear_args(be, y, x, w, a->pre == ENG_PRE_SILU_MUL ? 2 * w->in : w->in);
-    if (rc) return rc;
+    int64_t xin = a->pre == ENG_PRE_SILU_MUL ? 2 * w->in : w->in;
+    int64_t yout = post == ENG_POST_SILU_MUL ? w->out / 2 : w->out;
+    CUDA_REQUIRE(be, x->dtype == ENG_DT_F32 && y->dtype == ENG_DT_F32 &&
+                         eng_numel(x) == n * xin && eng_numel(y) == n * yout,
+                 "linear_ex", "x has %lld values, y %lld, for n=%lld and weight [%lld, %lld]",
+                 (long long)eng_numel(x), (long long)eng_numel(y), (long long)n,
+                 (long long)w->out, (long long)w->in);
     if (n == 0) return 0;
     return gemv_rows(be, (float *)y->data, (const float *)x->data, w, n, a->pre, a->accumulate,
-                     a->pre == ENG_PRE_RMSNORM ? (const float *)a->norm->data : NULL, a->eps);
+                     post, a->pre == ENG_PRE_RMSNORM ? (const float *)a->norm->data : NULL, a->eps);
 }

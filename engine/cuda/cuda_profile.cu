@@ -11,11 +11,11 @@
 #include "engine/cuda/cuda_internal.h"
 
 enum {
-    P_LINEAR, P_LINEAR_NORM, P_LINEAR_ACC, P_LINEAR_SILU_ACC, P_LINEAR_OTHER, P_RMSNORM, P_ADD,
+    P_LINEAR, P_LINEAR_NORM, P_LINEAR_NORM_SILU, P_LINEAR_ACC, P_LINEAR_SILU_ACC, P_LINEAR_OTHER, P_RMSNORM, P_ADD,
     P_ROPE, P_SILU, P_EMBED, P_KV_WRITE, P_ATTENTION, P_CONV1D, P_CONVT, P_SNAKE, P_TANH, P_COUNT
 };
 static const char *p_names[P_COUNT] = {
-    "linear", "linear+rmsnorm", "linear+residual", "linear+silu_mul+residual", "linear(other fused)",
+    "linear", "linear+rmsnorm", "linear+rmsnorm+silu_mul", "linear+residual", "linear+silu_mul+residual", "linear(other fused)",
     "rmsnorm", "add", "rope", "silu_mul", "embed_sum", "kv_write", "attention", "conv1d",
     "conv_transpose1d", "snake", "tanh"};
 
@@ -56,7 +56,8 @@ static int p_linear(eng_backend *be, eng_tensor *y, const eng_tensor *x, const e
 }
 static int p_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w,
                        const eng_linear_args *a) {
-    int kind = a->pre == ENG_PRE_RMSNORM && !a->accumulate    ? P_LINEAR_NORM
+    int kind = a->post == ENG_POST_SILU_MUL                  ? P_LINEAR_NORM_SILU
+               : a->pre == ENG_PRE_RMSNORM && !a->accumulate  ? P_LINEAR_NORM
                : a->pre == ENG_PRE_NONE && a->accumulate      ? P_LINEAR_ACC
                : a->pre == ENG_PRE_SILU_MUL && a->accumulate  ? P_LINEAR_SILU_ACC
                : a->pre == ENG_PRE_NONE && !a->accumulate     ? P_LINEAR
@@ -122,6 +123,7 @@ void cuda_profile_install(eng_backend_ops *o) {
     o->rmsnorm = p_rmsnorm;
     o->add = p_add;
     o->rope = p_rope;
+    o->rope_kv_write = NULL; /* profiled as its parts */
     o->silu_mul = p_silu;
     o->embed_sum = p_embed;
     o->kv_write = p_kv_write;

@@ -27,7 +27,7 @@ static eng_tensor idx(void *p, int64_t n) {
  * epilogue), else the product into tmp and an add. */
 static int linear_add(dia_model *m, eng_tensor *x, eng_tensor *tmp, const eng_tensor *in,
                       const eng_weight *w, const char *what, int layer, eng_error *err) {
-    eng_linear_args a = {ENG_PRE_NONE, NULL, 0.f, 1, NULL, tmp};
+    eng_linear_args a = {ENG_PRE_NONE, NULL, 0.f, 1, NULL, tmp, ENG_POST_NONE};
     OP(eng_linear_ex(m->be, x, in, w, &a), what, layer);
     return 0;
 }
@@ -37,20 +37,20 @@ static int linear_add(dia_model *m, eng_tensor *x, eng_tensor *tmp, const eng_te
 static int norm_linear(dia_model *m, eng_tensor *y, eng_tensor *x, eng_tensor *h,
                        const eng_tensor *norm, float eps, const eng_weight *w, const char *what,
                        int layer, eng_error *err) {
-    eng_linear_args a = {ENG_PRE_RMSNORM, norm, eps, 0, h, NULL};
+    eng_linear_args a = {ENG_PRE_RMSNORM, norm, eps, 0, h, NULL, ENG_POST_NONE};
     OP(eng_linear_ex(m->be, y, x, w, &a), what, layer);
     return 0;
 }
 
-/* MLP block shared by encoder and decoder: x += down(silu(gate) * up) of rmsnorm(x). */
+/* MLP block shared by encoder and decoder: x += down(silu(gate) * up) of rmsnorm(x). Fused
+ * backends do it in two products (norm in the first one's loop, silu*up in its epilogue, the
+ * residual in the second's); others compose norm -> gate_up -> silu*up -> down -> add. */
 static int mlp_block(dia_model *m, eng_tensor *x, eng_tensor *h, eng_tensor *gu, eng_tensor *act,
                      eng_tensor *tmp, const eng_tensor *norm, float eps, const eng_weight *gate_up,
                      const eng_weight *down, int layer, eng_error *err) {
-    int rc = norm_linear(m, gu, x, h, norm, eps, gate_up, "mlp gate_up_proj", layer, err);
-    if (rc) return rc;
-    eng_linear_args a = {ENG_PRE_SILU_MUL, NULL, 0.f, 1, act, tmp};
-    OP(eng_linear_ex(m->be, x, gu, down, &a), "mlp silu*up down_proj", layer);
-    return 0;
+    eng_linear_args a = {ENG_PRE_RMSNORM, norm, eps, 0, h, gu, ENG_POST_SILU_MUL};
+    OP(eng_linear_ex(m->be, act, x, gate_up, &a), "mlp gate_up_proj + silu*up", layer);
+    return linear_add(m, x, tmp, act, down, "mlp down_proj", layer, err);
 }
 
 /* Encoder (spec 4): rows r = b*S + s hold the ids staged in sh.enc_ids with pos = s, slot = b,
@@ -198,9 +198,8 @@ static int decoder_ops(dia_model *m, int rows, eng_error *err) {
             rc = norm_linear(m, &v, &x, &h, &L->pre_sa_norm, c->dec_norm_eps, &L->sa_v,
                              "self v_proj", l, err);
         if (rc) return rc;
-        OP(eng_rope(m->be, &q3, &pos, c->dec_rope_theta), "self rope q", l);
-        OP(eng_rope(m->be, &k3, &pos, c->dec_rope_theta), "self rope k", l);
-        OP(eng_kv_write(m->be, &L->self_kv, &slot, &pos, &k3, &v3), "self K/V write", l);
+        OP(eng_rope_kv_write(m->be, &q3, &k3, &v3, &pos, c->dec_rope_theta, &L->self_kv, &slot),
+           "self rope + K/V write", l);
         OP(eng_attention(m->be, &att3, &q3, &L->self_kv, &slot, &len, NULL, 1.0f), "self attention",
            l);
         rc = linear_add(m, &x, &tmp, &att, &L->sa_o, "self o_proj", l, err);

@@ -162,7 +162,8 @@ TEST(linear_all_formats) {
 
 /* The fused linear (norm prologue, silu*up prologue, residual accumulate) against the CPU's
  * composition of plain ops, for the decoder's shapes and a few row counts. */
-static void check_linear_ex(eng_wfmt fmt, int pre, int acc, int64_t n, int64_t out, int64_t in) {
+static void check_linear_ex(eng_wfmt fmt, int pre, int acc, int post, int64_t n, int64_t out,
+                            int64_t in) {
     float *wf = rand_array((size_t)(out * in), 0.05f);
     int64_t xin = pre == ENG_PRE_SILU_MUL ? 2 * in : in;
     float *x = rand_array((size_t)(n * xin), 2.0f), *nw = rand_array((size_t)in, 1.0f);
@@ -182,17 +183,18 @@ static void check_linear_ex(eng_wfmt fmt, int pre, int acc, int64_t n, int64_t o
     eng_weight wc, wg;
     ASSERT_OK(cpu->ops->weight_load(cpu, &host, &wc));
     ASSERT_OK(gpu->ops->weight_load(gpu, &host, &wg));
-    int64_t xs[2] = {n, xin}, ys[2] = {n, out}, ns[1] = {in}, ts[2] = {n, in};
+    int64_t yout = post == ENG_POST_SILU_MUL ? out / 2 : out;
+    int64_t xs[2] = {n, xin}, ys[2] = {n, yout}, ns[1] = {in}, ts[2] = {n, in}, os[2] = {n, out};
     pair px = make_pair(x, ENG_DT_F32, 2, xs), py = make_pair(y0, ENG_DT_F32, 2, ys);
     pair pn = make_pair(nw, ENG_DT_F32, 1, ns);
-    pair ti = make_pair(NULL, ENG_DT_F32, 2, ts), to = make_pair(NULL, ENG_DT_F32, 2, ys);
-    eng_linear_args ac = {pre, &pn.c, 1e-5f, acc, &ti.c, &to.c};
-    eng_linear_args ag = {pre, &pn.g, 1e-5f, acc, &ti.g, &to.g};
+    pair ti = make_pair(NULL, ENG_DT_F32, 2, ts), to = make_pair(NULL, ENG_DT_F32, 2, os);
+    eng_linear_args ac = {pre, &pn.c, 1e-5f, acc, &ti.c, &to.c, post};
+    eng_linear_args ag = {pre, &pn.g, 1e-5f, acc, &ti.g, &to.g, post};
     ASSERT_OK(eng_linear_ex(cpu, &py.c, &px.c, &wc, &ac));
     ASSERT_OK(eng_linear_ex(gpu, &py.g, &px.g, &wg, &ag));
     char what[112];
-    snprintf(what, sizeof what, "linear_ex %s pre=%d acc=%d n=%lld [%lld,%lld]",
-             eng_wfmt_name(fmt), pre, acc, (long long)n, (long long)out, (long long)in);
+    snprintf(what, sizeof what, "linear_ex %s pre=%d acc=%d post=%d n=%lld [%lld,%lld]",
+             eng_wfmt_name(fmt), pre, acc, post, (long long)n, (long long)out, (long long)in);
     double atol = n > 16 ? 3e-2 : 5e-4, rtol = n > 16 ? 1e-2 : 2e-4;
     int bad = same(what, &py, atol, rtol);
     cpu->ops->weight_release(cpu, &wc);
@@ -211,10 +213,17 @@ TEST(linear_ex_fused_prologues) {
                 for (size_t k = 0; k < 4; k++) {
                     int64_t out = pre == ENG_PRE_SILU_MUL ? 256 : 1024;
                     int64_t in = pre == ENG_PRE_SILU_MUL ? 1024 : 512;
-                    check_linear_ex(fmts[f], pre, acc, ns[k], out, in);
+                    check_linear_ex(fmts[f], pre, acc, ENG_POST_NONE, ns[k], out, in);
                     if (test_failed_) return;
                 }
-    check_linear_ex(ENG_W_BF16, ENG_PRE_RMSNORM, 0, 2, 64, 64); /* tiny model: composed path */
+    for (size_t f = 0; f < 3; f++) /* gate_up: norm prologue, silu*up epilogue */
+        for (size_t k = 0; k < 4; k++) {
+            check_linear_ex(fmts[f], ENG_PRE_RMSNORM, 0, ENG_POST_SILU_MUL, ns[k], 1024, 512);
+            if (test_failed_) return;
+            check_linear_ex(fmts[f], ENG_PRE_RMSNORM, 0, ENG_POST_SILU_MUL, ns[k], 4096, 256);
+            if (test_failed_) return;
+        }
+    check_linear_ex(ENG_W_BF16, ENG_PRE_RMSNORM, 0, ENG_POST_NONE, 2, 64, 64); /* composed */
 }
 
 TEST(f32_weights_become_bf16) {
@@ -273,6 +282,58 @@ TEST(rmsnorm_add_silu_rope) {
     free_pair(&px); free_pair(&pw); free_pair(&py); free_pair(&pg); free_pair(&ph);
     free_pair(&pq); free_pair(&pp);
     free(x); free(w); free(gu); free(q);
+}
+
+TEST(rope_kv_write_fused) {
+    int64_t n = 3, qh = 16, kvh = 4, hd = 128;
+    int slots = 3, max_len = 50;
+    size_t kvn = (size_t)slots * max_len * kvh * hd;
+    float *q = rand_array((size_t)(n * qh * hd), 1.f), *k = rand_array((size_t)(n * kvh * hd), 1.f);
+    float *v = rand_array((size_t)(n * kvh * hd), 1.f), *zero = calloc(kvn, 4);
+    int32_t pos[3] = {0, 17, 49}, slot[3] = {2, 0, 1};
+    int64_t qs[3] = {n, qh, hd}, ks[3] = {n, kvh, hd}, ns[1] = {n}, cs[1] = {(int64_t)kvn};
+    for (int bf = 0; bf < 2; bf++) {
+        pair pq = make_pair(q, ENG_DT_F32, 3, qs), pk = make_pair(k, ENG_DT_F32, 3, ks);
+        pair pv = make_pair(v, ENG_DT_F32, 3, ks), pp = make_pair(pos, ENG_DT_I32, 1, ns);
+        pair psl = make_pair(slot, ENG_DT_I32, 1, ns);
+        pair kc = make_pair(zero, ENG_DT_F32, 1, cs), vc = make_pair(zero, ENG_DT_F32, 1, cs);
+        eng_kv cstore = {kc.c.data, vc.c.data, ENG_DT_F32, slots, max_len, (int)kvh, (int)hd};
+        eng_kv gstore = {kc.g.data, vc.g.data, ENG_DT_F32, slots, max_len, (int)kvh, (int)hd};
+        void *kb = NULL, *vb = NULL;
+        if (bf) {
+            eng_alloc(gpu, kvn * 2, &kb);
+            eng_alloc(gpu, kvn * 2, &vb);
+            gpu->ops->memset0(gpu, kb, kvn * 2);
+            gpu->ops->memset0(gpu, vb, kvn * 2);
+            gstore = (eng_kv){kb, vb, ENG_DT_BF16, slots, max_len, (int)kvh, (int)hd};
+        }
+        ASSERT_OK(eng_rope_kv_write(cpu, &pq.c, &pk.c, &pv.c, &pp.c, 10000.f, &cstore, &psl.c));
+        ASSERT_OK(eng_rope_kv_write(gpu, &pq.g, &pk.g, &pv.g, &pp.g, 10000.f, &gstore, &psl.g));
+        ASSERT_EQ(same("rope_kv q", &pq, 1e-5, 1e-4), 0);
+        if (bf) { /* widen the device's bf16 store to compare */
+            uint16_t *hb = malloc(kvn * 2);
+            float *wide = malloc(kvn * 4);
+            void *stores[2] = {kb, vb};
+            pair *cpairs[2] = {&kc, &vc};
+            for (int sidx = 0; sidx < 2; sidx++) {
+                eng_sync(gpu);
+                eng_download(gpu, hb, stores[sidx], kvn * 2);
+                for (size_t i = 0; i < kvn; i++) wide[i] = eng_bf16_to_f32(hb[i]);
+                ASSERT_EQ(test_compare_f32("rope_kv bf16 store", wide, cpairs[sidx]->c.data, kvn,
+                                           1e-2, 8e-3), 0);
+            }
+            free(hb);
+            free(wide);
+        } else {
+            ASSERT_EQ(same("rope_kv k store", &kc, 1e-5, 1e-4), 0);
+            ASSERT_EQ(same("rope_kv v store", &vc, 1e-6, 1e-6), 0);
+        }
+        eng_free(gpu, kb);
+        eng_free(gpu, vb);
+        free_pair(&pq); free_pair(&pk); free_pair(&pv); free_pair(&pp); free_pair(&psl);
+        free_pair(&kc); free_pair(&vc);
+    }
+    free(q); free(k); free(v); free(zero);
 }
 
 TEST(embed_sum_channels) {
@@ -366,6 +427,13 @@ TEST(attention_decode_and_masked) {
     check_attention(ENG_DT_BF16, 16, 4, 128, 3, 300, 6, 0);
     if (test_failed_) return;
     check_attention(ENG_DT_F32, 4, 2, 16, 2, 41, 5, 1);
+    if (test_failed_) return;
+    /* long stores: the key positions split over blocks, merged by the last block */
+    check_attention(ENG_DT_BF16, 16, 4, 128, 2, 3073, 2, 0);
+    if (test_failed_) return;
+    check_attention(ENG_DT_F32, 16, 16, 128, 2, 1024, 2, 1);
+    if (test_failed_) return;
+    check_attention(ENG_DT_BF16, 16, 4, 128, 2, 3073, 2, 0); /* counters were reset */
 }
 
 TEST(dac_convs_snake_tanh) {

@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -75,7 +76,25 @@ static inline void rf_stop(int sig) {
     }
 }
 
-static inline void rf_atexit_(void) { rf_stop(SIGKILL); }
+static inline int rf_rm_entry_(const char *path, const struct stat *st, int flag,
+                               struct FTW *ftw) {
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    remove(path);
+    return 0;
+}
+
+/* Removes a temp tree unless VOXQ_KEEP_TMP=1 (keep logs for a post-mortem). */
+static inline void rf_rmtree(const char *dir) {
+    const char *keep = getenv("VOXQ_KEEP_TMP");
+    if (dir[0] && !(keep && !strcmp(keep, "1"))) nftw(dir, rf_rm_entry_, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static inline void rf_atexit_(void) {
+    rf_stop(SIGKILL);
+    rf_rmtree(rf_dir_);
+}
 
 static inline void rf_on_signal_(int sig) {
     if (rf_pid_ > 0) kill(rf_pid_, SIGKILL);

@@ -670,4 +670,28 @@ TEST(old_redis_refused) {
     ASSERT_TRUE(wf_file_contains(log, "needs Redis >= 6.2"));
 }
 
+/* 20: a blackholed Redis (the server frozen with SIGSTOP: connections stay open, nothing
+ * answers) trips the watchdogs; after it heals the job's result is written exactly once. */
+TEST(blackholed_redis_heals) {
+    SETUP();
+    static const char *const env[] = {"VOXQ_COMMAND_TIMEOUT_MS=1500", NULL};
+    char log[400];
+    wf_spawn(env, log, sizeof log);
+    snprintf(json_, sizeof json_, "{\"id\":\"bh1\",\"type\":\"synthesize\",\"reply_to\":"
+             "\"bh1:reply\",\"text\":\"sleep:800\"}");
+    wf_push("voxq:jobs", json_);
+    ASSERT_TRUE(wf_wait_state("bh1", "running", 5000));
+    kill(rf_pid_, SIGSTOP);
+    rf_sleep_ms(6000); /* the job ends meanwhile; its ack cannot get through */
+    kill(rf_pid_, SIGCONT);
+    ASSERT_TRUE(wf_wait_state("bh1", "succeeded", 20000));
+    rf_sleep_ms(1000);
+    ASSERT_EQ(rf_int("LLEN bh1:reply"), 1);
+    ASSERT_EQ(wf_field_int("bh1", "attempts"), 1);
+    ASSERT_TRUE(wf_file_contains(log, "watchdog"));
+    wf_push("voxq:jobs", job("bh2", "sleep:10"));
+    ASSERT_TRUE(wf_wait_state("bh2", "succeeded", 10000));
+    ASSERT_EQ(wf_proc_total(), 0);
+}
+
 int main(int argc, char **argv) { return test_main(argc, argv); }

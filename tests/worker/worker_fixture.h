@@ -24,7 +24,10 @@ static inline void wf_kill_all(void) {
         }
 }
 
-static inline void wf_atexit_(void) { wf_kill_all(); }
+static inline void wf_atexit_(void) {
+    wf_kill_all();
+    rf_rmtree(wf_tmp_);
+}
 
 /* Once per binary: Redis, temp dirs. Each test calls wf_reset() first. */
 static inline int wf_setup(void) {

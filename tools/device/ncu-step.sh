@@ -1,0 +1,27 @@
+#!/bin/sh
+# Per-kernel device time of decoder steps under Nsight Compute (serialized launches, so the sum is
+# an upper bound of the step; the split between kernels is what it is for).
+# Usage on the device: sh tools/device/ncu-step.sh [bf16|int8|int4] [seqs]
+set -u
+cd "$(dirname "$0")/../.."
+G=.devbuild/gpu
+export LD_LIBRARY_PATH="$PWD/$G:${LD_LIBRARY_PATH:-}"
+OUT=${OUT:-/tmp/out}
+fmt=${1:-bf16}; seqs=${2:-1}
+timeout 400 ncu --metrics gpu__time_duration.sum -k regex:k_ --launch-skip 600 --launch-count 400 \
+    --csv $G/voxq-bench steps --random-full --fmt "$fmt" --seqs "$seqs" --steps 24 --text-len 128 \
+    --device cuda > "$OUT/ncu_$fmt.csv" 2>"$OUT/ncu_$fmt.err"
+python3 - "$OUT/ncu_$fmt.csv" <<'PY'
+import csv, collections, sys
+hdr = None; agg = collections.defaultdict(list)
+for r in csv.reader(open(sys.argv[1])):
+    if 'Kernel Name' in r: hdr = r; continue
+    if hdr and len(r) == len(hdr):
+        d = dict(zip(hdr, r))
+        if d.get('Metric Name') == 'gpu__time_duration.sum':
+            agg[(d['Kernel Name'].split('(')[0][:58], d.get('Grid Size', ''))].append(
+                float(d['Metric Value'].replace(',', '')))
+tot = sum(sum(v) for v in agg.values())
+for k, v in sorted(agg.items(), key=lambda kv: -sum(kv[1])):
+    print(f"{k[0]:58s} {k[1]:>12s} n={len(v):4d} mean={sum(v)/len(v)/1e3:7.2f}us {100*sum(v)/tot:5.1f}%")
+PY
