@@ -9,6 +9,9 @@
 #include "engine/cuda/cuda_internal.h"
 
 #define GEMV_MAX_ROWS 8
+#define GEMV_MAX_THREADS 512 /* most threads per block (bf16: K = 8192 gets 2 chunks a thread) */
+/* The integer formats keep 256: their dequantization needs the registers 512 would take. */
+#define GEMV_THREADS_FOR(FMT) ((FMT) == ENG_W_BF16 ? 512 : 256)
 #define GEMV_WARPS 4 /* warps per block of the any-shape fallback */
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -84,13 +87,13 @@ __device__ __forceinline__ bool row_ok(int row, int r, int R, int out, int half)
  * EPI (silu epilogue): the block's first R/2 rows are gate rows g0.., the others the matching up
  * rows out/2 + g0..; it writes y[n, out/2] = silu(gate) * up. ACC adds into y. */
 template <int FMT, int NR, int R, int PRE, int ACC, int EPI>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(GEMV_THREADS_FOR(FMT))
 k_gemv(float *__restrict__ y, const float *__restrict__ x, const uint4 *__restrict__ w,
        const float *__restrict__ scales, int out, int in, int group,
        const float *__restrict__ norm, float eps) {
     constexpr int V = wload<FMT>::vals;
-    __shared__ float s_part[8][R * NR];
-    __shared__ float s_ss[8][NR];
+    __shared__ float s_part[GEMV_MAX_THREADS / 32][R * NR];
+    __shared__ float s_ss[GEMV_MAX_THREADS / 32][NR];
     int half = out / 2;
     int rows[R];
 #pragma unroll
@@ -277,9 +280,9 @@ __global__ void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n) {
         dst[i] = __float2bfloat16_rn(src[i]);
 }
 
-/* Threads per block: enough 16-byte chunks for each (at most 256, at least one warp). */
-static int gemv_threads(int chunks) {
-    int t = chunks < 256 ? chunks : 256;
+/* Threads per block: enough 16-byte chunks for each (at most `most`, at least a warp). */
+static int gemv_threads(int chunks, int most) {
+    int t = chunks < most ? chunks : most;
     t = (t + 31) / 32 * 32;
     return t < 32 ? 32 : t;
 }
@@ -294,7 +297,8 @@ static cudaError_t launch_k(const eng_weight *w, float *y, const float *x, const
     cudaLaunchConfig_t cfg = {};
     int64_t rows = EPI ? w->out / 2 : w->out, per = EPI ? R / 2 : R;
     cfg.gridDim = dim3((unsigned)((rows + per - 1) / per));
-    cfg.blockDim = dim3((unsigned)gemv_threads((int)w->in / wload<FMT>::vals));
+    int threads = gemv_threads((int)w->in / wload<FMT>::vals, GEMV_THREADS_FOR(FMT));
+    cfg.blockDim = dim3((unsigned)threads);
     cfg.stream = st;
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
