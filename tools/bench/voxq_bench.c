@@ -12,11 +12,13 @@
  *       pair), plus the memory plan. Timings are measurements, never pass/fail.
  *
  * Exit codes: 0 success, 1 failure of the work (or over tolerance), 2 bad usage or input. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "engine/models/dac.h"
 #include "engine/models/dia.h"
 #include "engine/safetensors.h"
 
@@ -33,7 +35,10 @@ static void usage(FILE *f) {
             "       voxq-bench steps [--model DIR | --random-full [--fmt f32|bf16|int8|int4]\n"
             "                        [--seed S]] [--seqs 1,4] [--steps N] [--text-len N]\n"
             "                        [--kv f32|bf16] [--max-frames N (memory plan)]\n"
-            "                        [--device cpu|cuda|auto] [--threads N]\n");
+            "                        [--device cpu|cuda|auto] [--threads N]\n"
+            "       voxq-bench dac --model DAC_DIR --ref REF.safetensors [--device ...] [--threads N]\n"
+            "                        (REF: codes I64 [1, 9, N] and wave F32 from transformers,\n"
+            "                        tools/device/dac_ref.py)\n");
 }
 
 typedef struct opts {
@@ -444,6 +449,80 @@ out:
     return status;
 }
 
+/* The codec alone: decode the reference codes (three times; the first includes warm-up), report
+ * the fastest decode, the realtime factor and the largest difference from transformers' wave. */
+static int cmd_dac(const opts *o) {
+    if (!o->model || !o->ref) {
+        fprintf(stderr, "voxq-bench: dac needs --model and --ref\n");
+        return 2;
+    }
+    eng_error err = {0};
+    eng_backend *be = NULL;
+    dac_model *m = NULL;
+    st_file *ref = NULL;
+    int32_t *codes = NULL;
+    float *pcm = NULL;
+    int status = 1;
+    if (eng_backend_new(&be, o->device, o->threads, &err) ||
+        dac_model_load(&m, be, o->model, NULL, &err) || st_open(&ref, o->ref, &err)) {
+        fprintf(stderr, "voxq-bench: %s\n", err.msg);
+        goto done;
+    }
+    const st_tensor *c = st_find(ref, "codes"), *w = st_find(ref, "wave");
+    if (!c || !w || c->dtype != ENG_DT_I64 || c->ndim != 3 || w->dtype != ENG_DT_F32) {
+        fprintf(stderr, "voxq-bench: %s needs codes I64 [1, C, N] and wave F32\n", o->ref);
+        goto done;
+    }
+    int64_t N = c->shape[2], cn = c->shape[1] * N, n = dac_samples(m, N);
+    if ((int64_t)(w->nbytes / 4) < n) {
+        fprintf(stderr, "voxq-bench: reference wave has %llu samples, decode gives %lld\n",
+                (unsigned long long)(w->nbytes / 4), (long long)n);
+        goto done;
+    }
+    codes = malloc((size_t)cn * 4);
+    pcm = malloc((size_t)n * 4);
+    if (!codes || !pcm) goto done;
+    for (int64_t i = 0; i < cn; i++) {
+        int64_t v;
+        memcpy(&v, (const char *)c->data + i * 8, 8);
+        codes[i] = (int32_t)v;
+    }
+    double best = 1e30, first = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        double t0 = now_s();
+        if (dac_decode(m, codes, N, pcm, &err)) {
+            fprintf(stderr, "voxq-bench: %s\n", err.msg);
+            goto done;
+        }
+        double dt = now_s() - t0;
+        if (rep == 0) first = dt;
+        else if (dt < best) best = dt;
+    }
+    double max_abs = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float r;
+        memcpy(&r, (const char *)w->data + i * 4, 4);
+        double d = fabs((double)pcm[i] - r);
+        if (d > max_abs) max_abs = d;
+    }
+    eng_mem_stats st;
+    be->ops->mem_stats(be, &st);
+    double audio_s = (double)n / 44100.0;
+    printf("{\"command\": \"dac\", \"device\": \"%s\", \"frames\": %lld, \"audio_s\": %.2f, "
+           "\"first_decode_s\": %.4f, \"decode_s\": %.4f, \"x_realtime\": %.1f, "
+           "\"max_abs_vs_ref\": %.3g, \"backend_peak_MiB\": %.1f}\n",
+           be->ops->name, (long long)N, audio_s, first, best, audio_s / best, max_abs,
+           st.peak / 1048576.0);
+    status = 0;
+done:
+    free(codes);
+    free(pcm);
+    st_close(ref);
+    dac_model_free(m);
+    eng_backend_free(be);
+    return status;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
@@ -457,6 +536,7 @@ int main(int argc, char **argv) {
     if (parse(argc, argv, &o)) return 2;
     if (!strcmp(argv[1], "steps")) return cmd_steps(&o);
     if (!strcmp(argv[1], "check")) return cmd_check(&o);
+    if (!strcmp(argv[1], "dac")) return cmd_dac(&o);
     fprintf(stderr, "voxq-bench: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;

@@ -3,7 +3,7 @@
 # bf16/int8/int4 at 1/4/16/64 sequences), the peer baselines, and the full-size check against
 # transformers (engine on CPU with 16 threads, and on CUDA). Binaries from .devbuild/gpu
 # (tools/device/build-cuda.sh, then copy test_cuda_ops, bench_cuda_gemv, voxq-bench there).
-# Usage on the device: sh tools/device/dia-pass.sh [ops] [gemv] [steps] [profile] [peers] [full]
+# Usage on the device: sh tools/device/dia-pass.sh [ops] [gemv] [steps] [profile] [dac] [peers] [full]
 set -u
 cd "$(dirname "$0")/../.."
 G=.devbuild/gpu
@@ -28,6 +28,10 @@ for w in $what; do
                --text-len 128 --device cuda > "$OUT/profile_$f.json" 2>"$OUT/profile_$f.err";
              echo "profile $f rc=$?"; cat "$OUT/profile_$f.json"
            done ;;
+    dac) PYTHONUNBUFFERED=1 python3 tools/device/dac_ref.py --out /tmp/dac --ref /tmp/dac_ref.st \
+           --frames 1000 > "$OUT/dac_ref.log" 2>&1; tail -1 "$OUT/dac_ref.log"
+         for d in cuda cpu; do $G/voxq-bench dac --model /tmp/dac --ref /tmp/dac_ref.st --device $d --threads 16; done
+         VOXQ_CUDA_CONV_DIRECT=1 $G/voxq-bench dac --model /tmp/dac --ref /tmp/dac_ref.st --device cuda ;;
     peers) python3 $G/peer_baselines.py --steps 128 > "$OUT/peers.json" 2>"$OUT/peers.err";
            cat "$OUT/peers.json"; tail -2 "$OUT/peers.err" ;;
     full) PYTHONUNBUFFERED=1 timeout 300 python3 tests/reference/fullsize_check.py --threads 16 \
