@@ -84,6 +84,14 @@ static int sync_parent_dir(const char *path) {
     return rc;
 }
 
+/* The code for a failed libsndfile call: libsndfile reports a failed write(2) only as text, so
+ * the errno it left is kept when it is a storage condition the caller must name (a full or
+ * read-only volume, a quota); anything else is EIO. errno must be cleared before the call. */
+static int sf_failure_code(void) {
+    int e = errno;
+    return e == ENOSPC || e == EROFS || e == EDQUOT || e == EFBIG ? -e : -EIO;
+}
+
 /* Encodes pcm into the open descriptor fd (positioned at 0). */
 static int encode_to_fd(int fd, const char *path, const float *pcm, int64_t n, int sample_rate,
                         audio_format fmt, char *errbuf, size_t errlen) {
@@ -95,24 +103,28 @@ static int encode_to_fd(int fd, const char *path, const float *pcm, int64_t n, i
     if (!sf_format_check(&info))
         return fail(errbuf, errlen, -EINVAL, "%s: libsndfile cannot write %s at %d Hz", path,
                     audio_format_name(fmt), sample_rate);
+    errno = 0;
     SNDFILE *snd = sf_open_fd(fd, SFM_WRITE, &info, 0);
-    if (!snd) return fail(errbuf, errlen, -EIO, "%s: %s", path, sf_strerror(NULL));
+    if (!snd) return fail(errbuf, errlen, sf_failure_code(), "%s: %s", path, sf_strerror(NULL));
     /* Out-of-range floats saturate instead of wrapping around in integer formats. */
     sf_command(snd, SFC_SET_CLIPPING, NULL, SF_TRUE);
     int rc = 0;
     for (int64_t done = 0; done < n;) {
         sf_count_t chunk =
             n - done < AUDIO_WRITE_BLOCK ? (sf_count_t)(n - done) : AUDIO_WRITE_BLOCK;
+        errno = 0;
         sf_count_t wrote = sf_writef_float(snd, pcm + done, chunk);
         if (wrote != chunk) {
-            rc = fail(errbuf, errlen, -EIO, "%s: write failed after %lld samples: %s", path,
+            rc = fail(errbuf, errlen, sf_failure_code(),
+                      "%s: write failed after %lld samples: %s", path,
                       (long long)(done + (wrote > 0 ? wrote : 0)), sf_strerror(snd));
             break;
         }
         done += chunk;
     }
+    errno = 0;
     if (sf_close(snd) != 0 && rc == 0)
-        rc = fail(errbuf, errlen, -EIO, "%s: closing the encoder failed", path);
+        rc = fail(errbuf, errlen, sf_failure_code(), "%s: closing the encoder failed", path);
     return rc;
 }
 

@@ -1,6 +1,7 @@
 /* quant_job.c - the quantize job: store check, fleet lock with renewal, worker_quantize() on
  * the libuv threadpool, release, result (quant_job.h). Runs on the loop thread except for the
  * two uv_work_t bodies. */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -113,6 +114,17 @@ static void release_lock(quant_job *qj) {
     queue_lock_release(qj->q, qj->lock_name, qj->token, NULL, NULL);
 }
 
+/* The storage condition a failed quantization ran into, named the way the audio path names it
+ * ("ENOSPC: ..."), so an operator can grep for it; "" when none. The engine and the store keep
+ * only ENG_EIO and strerror()'s text of the errno, so the text is what is matched. */
+static const char *storage_condition(const char *msg) {
+    static const int codes[] = {ENOSPC, EROFS, EDQUOT, EFBIG};
+    static const char *const names[] = {"ENOSPC: ", "EROFS: ", "EDQUOT: ", "EFBIG: "};
+    for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
+        if (strstr(msg, strerror(codes[i]))) return names[i];
+    return "";
+}
+
 static void after_quant(uv_work_t *w, int status) {
     (void)status;
     quant_job *qj = w->data;
@@ -133,7 +145,8 @@ static void after_quant(uv_work_t *w, int status) {
     } else {
         int permanent = qj->rc == ENG_ENOTFOUND || qj->rc == ENG_EINVAL;
         char msg[600];
-        snprintf(msg, sizeof msg, "%s/%s: %.400s", qj->model, qj->method, qj->err.msg);
+        snprintf(msg, sizeof msg, "%s%s/%s: %.400s", storage_condition(qj->err.msg), qj->model,
+                 qj->method, qj->err.msg);
         qlog_("job %s: quantize failed: %s", qj->d->job.id, msg);
         queue_fail(qj->q, qj->d, permanent ? "quantize_invalid" : "quantize_error", msg,
                    permanent);
