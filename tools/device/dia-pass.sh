@@ -3,7 +3,7 @@
 # bf16/int8/int4 at 1/4/16/64 sequences), the peer baselines, and the full-size check against
 # transformers (engine on CPU with 16 threads, and on CUDA). Binaries from .devbuild/gpu
 # (tools/device/build-cuda.sh, then copy test_cuda_ops, bench_cuda_gemv, voxq-bench there).
-# Usage on the device: sh tools/device/dia-pass.sh [ops] [gemv] [steps] [profile] [dac] [peers] [full]
+# Usage on the device: sh tools/device/dia-pass.sh [ops] [gemv] [steps] [profile] [tiny] [dac] [peers] [full]
 set -u
 cd "$(dirname "$0")/../.."
 G=.devbuild/gpu
@@ -28,6 +28,11 @@ for w in $what; do
                --text-len 128 --device cuda > "$OUT/profile_$f.json" 2>"$OUT/profile_$f.err";
              echo "profile $f rc=$?"; cat "$OUT/profile_$f.json"
            done ;;
+    tiny) python3 tests/reference/fullsize_check.py --tiny --steps 8 --out /tmp/tiny \
+            --ref /tmp/tiny_ref.st > "$OUT/tiny_ref.log" 2>&1 || tail -3 "$OUT/tiny_ref.log"
+          for kv in bf16 f32; do
+            $G/voxq-bench check --model /tmp/tiny --ref /tmp/tiny_ref.st --device cuda --kv $kv; echo "rc=$?"
+          done ;;
     dac) PYTHONUNBUFFERED=1 python3 tools/device/dac_ref.py --out /tmp/dac --ref /tmp/dac_ref.st \
            --frames 1000 > "$OUT/dac_ref.log" 2>&1; tail -1 "$OUT/dac_ref.log"
          for d in cuda cpu; do $G/voxq-bench dac --model /tmp/dac --ref /tmp/dac_ref.st --device $d --threads 16; done
