@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "engine/models/dac.h"
+#include "engine/quant.h"
 #include "engine/models/dia.h"
 #include "engine/safetensors.h"
 
@@ -36,13 +37,15 @@ static void usage(FILE *f) {
             "                        [--seed S]] [--seqs 1,4] [--steps N] [--text-len N]\n"
             "                        [--kv f32|bf16] [--max-frames N (memory plan)]\n"
             "                        [--device cpu|cuda|auto] [--threads N]\n"
+            "       voxq-bench quantize --model DIR --out DIR --fmt int8|int4 [--threads N]\n"
+            "                        (the engine's quantizer, Dia policy; copies config.json)\n"
             "       voxq-bench dac --model DAC_DIR --ref REF.safetensors [--device ...] [--threads N]\n"
             "                        (REF: codes I64 [1, 9, N] and wave F32 from transformers,\n"
             "                        tools/device/dac_ref.py)\n");
 }
 
 typedef struct opts {
-    const char *model, *ref, *device, *fmt, *seqs, *kv;
+    const char *model, *ref, *device, *fmt, *seqs, *kv, *out;
     int threads, steps, text_len, random_full, max_frames;
     unsigned long long seed;
     double tol;
@@ -74,6 +77,8 @@ static int parse(int argc, char **argv, opts *o) {
         const char *v = argv[++i];
         if (!strcmp(a, "--model"))
             o->model = v;
+        else if (!strcmp(a, "--out"))
+            o->out = v;
         else if (!strcmp(a, "--ref"))
             o->ref = v;
         else if (!strcmp(a, "--device"))
@@ -449,6 +454,49 @@ out:
     return status;
 }
 
+/* Quantizes a checkpoint directory into --out (model.safetensors + config.json), so a GPU machine
+ * without the full voxq binary can time loading and stepping real int8/int4 checkpoints. */
+static int cmd_quantize(const opts *o) {
+    if (!o->model || !o->out) {
+        fprintf(stderr, "voxq-bench: quantize needs --model and --out\n");
+        return 2;
+    }
+    eng_quant_options q = {0};
+    if (eng_quant_method_parse(o->fmt, &q.method)) {
+        fprintf(stderr, "voxq-bench: --fmt must be int8 or int4 for quantize\n");
+        return 2;
+    }
+    q.policy.kind = ENG_QUANT_POLICY_DIA;
+    q.threads = o->threads;
+    eng_error err = {0};
+    st_model *src = NULL;
+    eng_quant_report rep = {0};
+    char path[4096], cfg_in[4096], cfg_out[4096];
+    snprintf(path, sizeof path, "%s/model.safetensors", o->out);
+    snprintf(cfg_in, sizeof cfg_in, "%s/config.json", o->model);
+    snprintf(cfg_out, sizeof cfg_out, "%s/config.json", o->out);
+    double t0 = now_s();
+    int rc = st_model_open(&src, o->model, &err);
+    if (!rc) rc = eng_quant_checkpoint(src, path, &q, &rep, &err);
+    st_model_close(src);
+    if (rc) {
+        fprintf(stderr, "voxq-bench: %s\n", err.msg);
+        return 1;
+    }
+    FILE *in = fopen(cfg_in, "rb"), *out = fopen(cfg_out, "wb");
+    int ok = in && out;
+    char buf[65536];
+    size_t n;
+    while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0) ok = fwrite(buf, 1, n, out) == n;
+    if (in) fclose(in);
+    if (out && fclose(out) != 0) ok = 0;
+    printf("{\"command\": \"quantize\", \"method\": \"%s\", \"seconds\": %.2f, \"ratio\": %.3f, "
+           "\"rel_err\": %.4g, \"config_copied\": %s}\n",
+           o->fmt, now_s() - t0, rep.ratio, rep.rel_err, ok ? "true" : "false");
+    eng_quant_report_free(&rep);
+    return ok ? 0 : 1;
+}
+
 /* The codec alone: decode the reference codes (three times; the first includes warm-up), report
  * the fastest decode, the realtime factor and the largest difference from transformers' wave. */
 static int cmd_dac(const opts *o) {
@@ -537,6 +585,7 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "steps")) return cmd_steps(&o);
     if (!strcmp(argv[1], "check")) return cmd_check(&o);
     if (!strcmp(argv[1], "dac")) return cmd_dac(&o);
+    if (!strcmp(argv[1], "quantize")) return cmd_quantize(&o);
     fprintf(stderr, "voxq-bench: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;

@@ -3,7 +3,7 @@
 # bf16/int8/int4 at 1/4/16/64 sequences), the peer baselines, and the full-size check against
 # transformers (engine on CPU with 16 threads, and on CUDA). Binaries from .devbuild/gpu
 # (tools/device/build-cuda.sh, then copy test_cuda_ops, bench_cuda_gemv, voxq-bench there).
-# Usage on the device: sh tools/device/dia-pass.sh [ops] [gemv] [steps] [profile] [tiny] [dac] [peers] [full]
+# Usage on the device: sh tools/device/dia-pass.sh [ops] [gemv] [steps] [profile] [tiny] [dac] [peers] [full] [quant]
 set -u
 cd "$(dirname "$0")/../.."
 G=.devbuild/gpu
@@ -33,6 +33,15 @@ for w in $what; do
           for kv in bf16 f32; do
             $G/voxq-bench check --model /tmp/tiny --ref /tmp/tiny_ref.st --device cuda --kv $kv; echo "rc=$?"
           done ;;
+    quant) [ -f /tmp/dia_full_ref.st ] || { echo "quant needs 'full' first"; continue; }
+           for f in int8 int4; do
+             mkdir -p /tmp/dia_$f
+             $G/voxq-bench quantize --model /tmp/dia_full --out /tmp/dia_$f --fmt $f --threads 16
+             cat /tmp/dia_$f/model.safetensors > /dev/null   # page cache, as on a warm VM
+             echo "== check $f cuda"; $G/voxq-bench check --model /tmp/dia_$f --ref /tmp/dia_full_ref.st --device cuda
+             echo "== steps $f checkpoint cuda"; $G/voxq-bench steps --model /tmp/dia_$f --seqs 1,64 --steps 48 \
+               --text-len 121 --device cuda
+           done ;;
     dac) PYTHONUNBUFFERED=1 python3 tools/device/dac_ref.py --out /tmp/dac --ref /tmp/dac_ref.st \
            --frames 1000 > "$OUT/dac_ref.log" 2>&1; tail -1 "$OUT/dac_ref.log"
          for d in cuda cpu; do $G/voxq-bench dac --model /tmp/dac --ref /tmp/dac_ref.st --device $d --threads 16; done
