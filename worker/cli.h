@@ -30,6 +30,8 @@ void cmd_bench_help(void);
 /* The value of flag `--name VALUE` or `--name=VALUE` at argv[*i] (advancing *i), else NULL.
  * Sets *missing when the flag is present but has no value. */
 const char *cli_flag_value(int argc, char **argv, int *i, const char *name, int *missing);
+/* Parses all of s as a decimal integer in [lo, hi] into *out; 0, or -1 when it is not one. */
+int cli_parse_long(const char *s, long lo, long hi, long *out);
 /* getenv(name) or def when unset or empty. */
 const char *cli_env(const char *name, const char *def);
 

@@ -62,16 +62,6 @@ typedef struct bench_args {
     char *list_buf; /* owns the variant names */
 } bench_args;
 
-/* Whole-string integer in [lo, hi]. */
-static int parse_int(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
 /* "1,2,4" -> o->concurrency; "none" -> empty. */
 static int parse_concurrency(const char *s, bench_opts *o) {
     o->nconcurrency = 0;
@@ -81,7 +71,7 @@ static int parse_concurrency(const char *s, bench_opts *o) {
     char *save = NULL;
     for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         long n;
-        if (o->nconcurrency >= BENCH_MAX_CONCURRENCY || parse_int(t, 1, 64, &n)) return -1;
+        if (o->nconcurrency >= BENCH_MAX_CONCURRENCY || cli_parse_long(t, 1, 64, &n)) return -1;
         o->concurrency[o->nconcurrency++] = (int)n;
     }
     return o->nconcurrency ? 0 : -1;
@@ -117,15 +107,15 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         } else if (FLAG("--prompts")) {
             o->prompts_file = v;
         } else if (FLAG("--runs")) {
-            if (v && parse_int(v, 1, 1000, &n)) goto bad_value;
+            if (v && cli_parse_long(v, 1, 1000, &n)) goto bad_value;
             if (v) o->runs = (int)n;
         } else if (FLAG("--out")) {
             o->out_dir = v;
         } else if (FLAG("--steps")) {
-            if (v && parse_int(v, 2, 1 << 16, &n)) goto bad_value;
+            if (v && cli_parse_long(v, 2, 1 << 16, &n)) goto bad_value;
             if (v) o->steps = (int)n;
         } else if (FLAG("--seed")) {
-            if (v && parse_int(v, 0, 1L << 40, &n)) goto bad_value;
+            if (v && cli_parse_long(v, 0, 1L << 40, &n)) goto bad_value;
             if (v) o->seed = (uint64_t)n;
         } else if (FLAG("--concurrency")) {
             conc = v;
@@ -162,7 +152,7 @@ static int parse_args(int argc, char **argv, bench_args *a) {
         return 2;
     }
     long n;
-    if (parse_int(threads, 0, 4096, &n)) {
+    if (cli_parse_long(threads, 0, 4096, &n)) {
         fprintf(stderr, "voxq bench: bad thread count '%s'\n", threads);
         return 2;
     }

@@ -79,16 +79,6 @@ typedef struct synth_args {
     dia_gen_params gen;
 } synth_args;
 
-/* Parses a whole-string integer in [lo, hi]. */
-static int parse_long(const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return -1;
-    *out = v;
-    return 0;
-}
-
 /* Parses a whole-string finite number in [lo, hi]. */
 static int parse_float(const char *s, double lo, double hi, float *out) {
     char *end;
@@ -159,10 +149,10 @@ static int parse_args(int argc, char **argv, synth_args *a) {
         } else if (FLAG("--top-p")) {
             if (v && parse_float(v, 1e-6, 1.0, &a->gen.top_p)) goto bad_value;
         } else if (FLAG("--top-k")) {
-            if (v && parse_long(v, 0, 1 << 20, &n)) goto bad_value;
+            if (v && cli_parse_long(v, 0, 1 << 20, &n)) goto bad_value;
             if (v) a->gen.top_k = a->gen.cfg_top_k = (int)n;
         } else if (FLAG("--max-steps")) {
-            if (v && parse_long(v, 1, 1 << 20, &n)) goto bad_value;
+            if (v && cli_parse_long(v, 1, 1 << 20, &n)) goto bad_value;
             if (v) a->gen.max_new_tokens = (int)n;
         } else {
             fprintf(stderr, "voxq synth: unknown option '%s' (see voxq help synth)\n", argv[i]);
@@ -179,7 +169,7 @@ static int parse_args(int argc, char **argv, synth_args *a) {
         return 2;
     }
     long n;
-    if (parse_long(threads, 0, 4096, &n)) {
+    if (cli_parse_long(threads, 0, 4096, &n)) {
         fprintf(stderr, "voxq synth: bad thread count '%s'\n", threads);
         return 2;
     }

@@ -1,4 +1,5 @@
 /* main.c - `voxq SUBCOMMAND ...`: dispatch to the subcommands of cli.h. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,15 @@ const char *cli_flag_value(int argc, char **argv, int *i, const char *name, int 
     }
     (*i)++;
     return argv[*i];
+}
+
+int cli_parse_long(const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
 }
 
 const char *cli_env(const char *name, const char *def) {
