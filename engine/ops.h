@@ -68,6 +68,23 @@ typedef struct eng_linear_args {
     int post;
 } eng_linear_args;
 
+/* One sequence's sampling parameters for the sample op (spec 6.2 of shared/spec/dia.md, in
+ * transformers' order). A plain struct, uploaded as bytes: an array of them is a U8 tensor. */
+typedef struct eng_sample_seq {
+    uint64_t seed;       /* RNG seed (engine/sample_rng.h) */
+    int32_t step;        /* RNG counter: the decoder step being picked */
+    int32_t row;         /* logits row of the sequence (its conditional row); < 0: unused entry */
+    int32_t row_uncond;  /* logits row of the unconditional twin; < 0: no guidance */
+    float cfg_scale;     /* G = Lc + (Lc - Lu) * cfg_scale (with row_uncond) */
+    int32_t cfg_top_k;   /* keep Lc at the cfg_top_k largest G (ties in index order), -inf
+                            elsewhere; 0 or >= vocab: the scores are G */
+    float temperature;   /* scores / temperature when > 0 and != 1 */
+    int32_t top_k;       /* sampling top-k, ties at the k-th value kept; 0 = off */
+    float top_p;         /* nucleus; >= 1 = off */
+    int32_t greedy;      /* 1: argmax, top-k/top-p skipped */
+    int32_t reserved;    /* 0 */
+} eng_sample_seq;
+
 typedef struct eng_backend_ops {
     const char *name;
     void (*destroy)(eng_backend *be);
@@ -130,6 +147,18 @@ typedef struct eng_backend_ops {
     /* y = tanh(x); y may alias x. */
     int (*tanh_)(eng_backend *be, eng_tensor *y, const eng_tensor *x);
 
+    /* Logits processing and the pick for n sequences of a codebook model (spec 6.2):
+     * logits F32 [rows, channels * vocab]; params U8 [n * sizeof(eng_sample_seq)]; for entry i
+     * and channel c: guidance and its top-k filter, temperature, the EOS rule (channel 0 may
+     * pick eos_id and masks the ids above it, other channels mask eos_id and above; when the
+     * argmax is eos_id every id below it is masked, else eos_id is), then unless greedy top-k
+     * and top-p, then the pick: argmax (first index) or the draw of eng_rng_uniform(seed, step,
+     * c) by the inverse CDF in index order with the softmax in double. Writes the processed
+     * scores to scores F32 [n, channels, vocab] and picks I32 [n, channels + 1]: the ids, then
+     * 1 when channel 0's argmax was eos_id. Unused entries (row < 0) write nothing. */
+    int (*sample)(eng_backend *be, eng_tensor *picks, eng_tensor *scores,
+                  const eng_tensor *logits, const eng_tensor *params, int eos_id);
+
     /* Optional step capture (NULL where the backend has none, e.g. the CPU). The ops issued
      * between graph_begin() and graph_end(key) are recorded, not run, and kept under `key` (for
      * instance the batch-size bucket); graph_launch(key) replays them with the tensors' current
@@ -190,6 +219,7 @@ static inline int eng_attention(eng_backend *be, eng_tensor *o, const eng_tensor
 static inline int eng_conv1d(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *w, const eng_tensor *b, int dil, int pad) { return be->ops->conv1d(be, y, x, w, b, dil, pad); }
 static inline int eng_conv_transpose1d(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *w, const eng_tensor *b, int stride, int pad) { return be->ops->conv_transpose1d(be, y, x, w, b, stride, pad); }
 static inline int eng_snake(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *a) { return be->ops->snake(be, y, x, a); }
+static inline int eng_sample(eng_backend *be, eng_tensor *picks, eng_tensor *scores, const eng_tensor *logits, const eng_tensor *params, int eos_id) { return be->ops->sample(be, picks, scores, logits, params, eos_id); }
 static inline int eng_tanh(eng_backend *be, eng_tensor *y, const eng_tensor *x) { return be->ops->tanh_(be, y, x); }
 
 /* y (+)= pre(x) . W^T per eng_linear_args, fused where the backend can (one pass over W, no

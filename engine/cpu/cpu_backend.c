@@ -157,6 +157,7 @@ static const eng_backend_ops cpu_ops = {
     .conv_transpose1d = cpu_conv_transpose1d,
     .snake = cpu_snake,
     .tanh_ = cpu_tanh,
+    .sample = cpu_sample,
     /* graph capture: none on the CPU (designated initializers leave the rest NULL) */
 };
 

@@ -110,6 +110,8 @@ int cpu_embed_sum(eng_backend *be, eng_tensor *y, const eng_tensor *table, const
                   int channel_stride);
 int cpu_snake(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *alpha);
 int cpu_tanh(eng_backend *be, eng_tensor *y, const eng_tensor *x);
+int cpu_sample(eng_backend *be, eng_tensor *picks, eng_tensor *scores, const eng_tensor *logits,
+               const eng_tensor *params, int eos_id);
 
 int cpu_kv_write(eng_backend *be, eng_kv *kv, const eng_tensor *slot, const eng_tensor *pos,
                  const eng_tensor *k, const eng_tensor *v);

@@ -352,6 +352,7 @@ static eng_backend_ops make_ops(void) {
     o.conv_transpose1d = cuda_conv_transpose1d;
     o.snake = cuda_snake;
     o.tanh_ = cuda_tanh;
+    o.sample = cuda_sample;
     o.graph_begin = cuda_graph_begin;
     o.graph_end = cuda_graph_end;
     o.graph_launch = cuda_graph_launch;

@@ -121,5 +121,7 @@ int cuda_conv_transpose1d(eng_backend *be, eng_tensor *y, const eng_tensor *x, c
                           const eng_tensor *bias, int stride, int padding);
 int cuda_snake(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *alpha);
 int cuda_tanh(eng_backend *be, eng_tensor *y, const eng_tensor *x);
+int cuda_sample(eng_backend *be, eng_tensor *picks, eng_tensor *scores, const eng_tensor *logits,
+                const eng_tensor *params, int eos_id);
 
 #endif

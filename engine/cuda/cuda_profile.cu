@@ -12,12 +12,12 @@
 
 enum {
     P_LINEAR, P_LINEAR_NORM, P_LINEAR_NORM_SILU, P_LINEAR_ACC, P_LINEAR_SILU_ACC, P_LINEAR_OTHER, P_RMSNORM, P_ADD,
-    P_ROPE, P_SILU, P_EMBED, P_KV_WRITE, P_ATTENTION, P_CONV1D, P_CONVT, P_SNAKE, P_TANH, P_COUNT
+    P_ROPE, P_SILU, P_EMBED, P_KV_WRITE, P_ATTENTION, P_CONV1D, P_CONVT, P_SNAKE, P_TANH, P_SAMPLE, P_COUNT
 };
 static const char *p_names[P_COUNT] = {
     "linear", "linear+rmsnorm", "linear+rmsnorm+silu_mul", "linear+residual", "linear+silu_mul+residual", "linear(other fused)",
     "rmsnorm", "add", "rope", "silu_mul", "embed_sum", "kv_write", "attention", "conv1d",
-    "conv_transpose1d", "snake", "tanh"};
+    "conv_transpose1d", "snake", "tanh", "sample"};
 
 typedef struct prof_state {
     cudaEvent_t e0, e1;
@@ -116,6 +116,11 @@ static int p_tanh(eng_backend *be, eng_tensor *y, const eng_tensor *x) {
     begin(be);
     return end(be, P_TANH, cuda_tanh(be, y, x));
 }
+static int p_sample(eng_backend *be, eng_tensor *picks, eng_tensor *scores,
+                    const eng_tensor *logits, const eng_tensor *params, int eos_id) {
+    begin(be);
+    return end(be, P_SAMPLE, cuda_sample(be, picks, scores, logits, params, eos_id));
+}
 
 void cuda_profile_install(eng_backend_ops *o) {
     o->linear = p_linear;
@@ -132,6 +137,7 @@ void cuda_profile_install(eng_backend_ops *o) {
     o->conv_transpose1d = p_convt;
     o->snake = p_snake;
     o->tanh_ = p_tanh;
+    o->sample = p_sample;
     /* A profiled step cannot be captured: every op synchronizes. */
     o->graph_begin = NULL;
     o->graph_end = NULL;

@@ -13,14 +13,15 @@
  *   dia_seq_start()         encoder pass over the prompt and its unconditional twin, cross K/V
  *                           written into the sequence's slot; returns a sequence handle.
  *   dia_step(seqs, n)       one decoder step for n sequences (2 CFG rows each) in ONE batched
- *                           pass, then logits processing and the pick per spec 6.2 on the host.
+ *                           pass, logits processing and the pick per spec 6.2 in the same pass
+ *                           (the backend's sample op), then the EOS bookkeeping on the host.
  *   dia_seq_done() / dia_seq_codes() / dia_seq_release()
  * dia_generate() wraps all of it for one text.
  *
  * Threads: a dia_model and its sequences belong to one thread at a time (the engine thread).
  * Nothing is allocated after dia_model_load(): dia_seq_start() and dia_step() use planned memory.
  *
- * Sampling RNG (documented so a GPU sampler can reproduce it bit for bit): the uniform number
+ * Sampling RNG (engine/sample_rng.h; the CPU and CUDA samplers draw the same numbers): the uniform number
  * for sequence seed `seed`, decoder step `step` (0 for the step that reads the BOS frame) and
  * channel `c` is
  *     u = (dia_rng_u64(seed, step, c) >> 11) * 2^-53        (a double in [0, 1))
@@ -199,7 +200,9 @@ int dia_seq_codes(const dia_seq *s, int32_t *codes, int cap_frames, int *n_frame
 void dia_seq_release(dia_model *m, dia_seq *s);
 
 /* Inspection and teacher forcing (reference tests, debugging). The pointers are valid until the
- * next dia_step that includes the sequence.
+ * next dia_step that includes the sequence; logits and scores stay on the backend and are
+ * fetched by the first call after a step (NULL before the first step, after a failed step, or
+ * when the fetch fails).
  * dia_seq_logits: raw fp32 logits of the last step, [channels][vocab], cond (uncond = 0) or
  * unconditional row (uncond = 1; NULL when CFG is off). dia_seq_scores: processed scores of the
  * last step (after every stage of spec 6.2 up to the pick). dia_seq_force: the next step appends

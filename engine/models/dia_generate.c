@@ -1,5 +1,6 @@
-/* dia_generate.c - sequences, logits processing in transformers' order (spec 6.2), the seeded
- * sampler, delay-pattern and EOS bookkeeping, and the undelayed codes for the codec (spec 6.4). */
+/* dia_generate.c - sequences, the sampler entries handed to the backend's sample op (which runs
+ * spec 6.2's logits processing and the seeded pick next to the logits), the delay-pattern and
+ * EOS bookkeeping on the picks, and the undelayed codes for the codec (spec 6.4). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,194 +17,43 @@ void dia_gen_params_default(dia_gen_params *p) {
     p->max_new_tokens = 3072;
 }
 
-/* splitmix64 finaliser; see the RNG contract in dia.h. */
-static uint64_t mix64(uint64_t z) {
-    z += 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-/* The uniform number of (seed, step, channel) in [0, 1), as documented in dia.h. */
-static double rng_uniform(uint64_t seed, int step, int channel) {
-    uint64_t key = mix64(seed ^ 0x9e3779b97f4a7c15ull);
-    uint64_t r = mix64(key + (((uint64_t)step << 8) | (uint64_t)channel));
-    return (double)(r >> 11) * (1.0 / 9007199254740992.0);
-}
-
-/* First index of the maximum (torch.argmax); 0 when every value is -inf. */
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
-/* The k-th largest value of x[n] (1 <= k <= n). A min-heap of the k largest seen so far: one
- * comparison per element once it is full, which suits k = 45 of 1028. */
-static float kth_largest(const float *x, int n, int k, float *heap) {
-    for (int i = 0; i < k; i++) {
-        /* sift up */
-        int j = i;
-        heap[j] = x[i];
-        while (j > 0 && heap[(j - 1) / 2] > heap[j]) {
-            float t = heap[j];
-            heap[j] = heap[(j - 1) / 2];
-            heap[(j - 1) / 2] = t;
-            j = (j - 1) / 2;
-        }
-    }
-    for (int i = k; i < n; i++) {
-        if (!(x[i] > heap[0])) continue;
-        /* replace the minimum and sift down */
-        heap[0] = x[i];
-        int j = 0;
-        for (;;) {
-            int l = 2 * j + 1, r = l + 1, s = j;
-            if (l < k && heap[l] < heap[s]) s = l;
-            if (r < k && heap[r] < heap[s]) s = r;
-            if (s == j) break;
-            float t = heap[j];
-            heap[j] = heap[s];
-            heap[s] = t;
-            j = s;
-        }
-    }
-    return heap[0];
-}
-
-/* CFG (spec 6.2 step 1): G = Lc + (Lc - Lu) * g; with top_k, the conditional logits at exactly
- * the k largest entries of G (ties at the boundary taken in index order) and -inf elsewhere. */
-static void cfg_filter(float *out, const float *lc, const float *lu, int n, float g, int top_k,
-                       float *scratch) {
-    for (int v = 0; v < n; v++)
-        out[v] = lc[v] + (lc[v] - lu[v]) * g;
-    if (top_k <= 0 || top_k >= n) return;
-    float theta = kth_largest(out, n, top_k, scratch);
-    int above = 0;
-    for (int v = 0; v < n; v++)
-        above += out[v] > theta;
-    int ties_left = top_k - above;
-    for (int v = 0; v < n; v++) {
-        int keep = out[v] > theta || (out[v] == theta && ties_left-- > 0);
-        out[v] = keep ? lc[v] : -INFINITY;
-    }
-}
-
-/* Sampling top-k (transformers TopKLogitsWarper): values below the k-th largest become -inf;
- * ties at the k-th value stay. */
-static void top_k_filter(float *x, int n, int k, float *scratch) {
-    if (k <= 0 || k >= n) return;
-    int finite = 0;
-    for (int v = 0; v < n; v++)
-        finite += x[v] > -INFINITY;
-    if (finite <= k) return; /* the k-th value is -inf or the smallest finite one */
-    float theta = kth_largest(x, n, k, scratch);
-    for (int v = 0; v < n; v++)
-        if (x[v] < theta) x[v] = -INFINITY;
-}
-
-typedef struct sort_item {
-    float value;
-    int index;
-} sort_item;
-
-static int by_value_asc(const void *a, const void *b) {
-    const sort_item *x = a, *y = b;
-    if (x->value != y->value) return x->value < y->value ? -1 : 1;
-    return x->index - y->index;
-}
-
-/* Sampling top-p (transformers TopPLogitsWarper): sort ascending, softmax, cumulative sum;
- * drop entries whose cumulative probability is <= 1 - top_p, always keeping the largest. Only
- * finite entries take part (-inf ones have probability 0 and are dropped already). */
-static void top_p_filter(float *x, int n, float top_p, sort_item *items) {
-    if (!(top_p < 1.0f)) return;
-    int m = 0;
-    for (int v = 0; v < n; v++)
-        if (x[v] > -INFINITY) items[m++] = (sort_item){x[v], v};
-    if (m <= 1) return;
-    qsort(items, (size_t)m, sizeof *items, by_value_asc);
-    double mx = items[m - 1].value, sum = 0;
-    for (int i = 0; i < m; i++)
-        sum += exp((double)items[i].value - mx);
-    float cut = (float)(1.0 - (double)top_p);
-    double cum = 0;
-    for (int i = 0; i < m - 1; i++) {
-        cum += exp((double)items[i].value - mx) / sum;
-        if ((float)cum <= cut) x[items[i].index] = -INFINITY;
-    }
-}
-
-/* One draw from softmax(x) with uniform u (inverse CDF in index order). */
-static int sample(const float *x, int n, double u) {
-    int best = argmax(x, n);
-    double mx = x[best], total = 0;
-    for (int v = 0; v < n; v++)
-        if (x[v] > -INFINITY) total += exp((double)x[v] - mx);
-    double target = u * total, cum = 0;
-    int last = best;
-    for (int v = 0; v < n; v++) {
-        if (!(x[v] > -INFINITY)) continue;
-        cum += exp((double)x[v] - mx);
-        last = v;
-        if (cum > target) return v;
-    }
-    return last;
-}
-
-/* Spec 6.2 for one sequence: raw logits -> processed scores (s->scores) -> next frame. The
- * EOS-countdown state (active, delay_left) advances; the frame is not appended yet. */
-static void process(dia_seq *s, const float *lc_all, const float *lu_all, int32_t *next,
-                    float *scratch, sort_item *items) {
-    const dia_config *c = &s->m->cfg;
+/* The sampler entry of sequence s for this step (spec 6.2's parameters; the stages themselves
+ * run in the backend's sample op). */
+static eng_sample_seq sample_entry(const dia_seq *s) {
     const dia_gen_params *p = &s->p;
-    int V = c->dec_vocab, C = c->channels, eos = c->eos_id;
-    float tau = p->temperature > 0 && p->temperature < 1.0f ? 1.0f : p->temperature;
-    int eos_argmax0 = 0;
-    for (int ch = 0; ch < C; ch++) {
-        float *sc = s->scores + (size_t)ch * V;
-        const float *lc = lc_all + (size_t)ch * V;
-        if (s->cfg)
-            cfg_filter(sc, lc, lu_all + (size_t)ch * V, V, p->cfg_scale, p->cfg_top_k, scratch);
-        else
-            memcpy(sc, lc, (size_t)V * sizeof *sc);
-        if (tau > 0 && tau != 1.0f)
-            for (int v = 0; v < V; v++)
-                sc[v] = sc[v] / tau;
-        /* only channel 0 may say EOS; ids above EOS (pad, bos, unused) never */
-        for (int v = ch == 0 ? eos + 1 : eos; v < V; v++)
-            sc[v] = -INFINITY;
-        if (argmax(sc, V) == eos) {
-            for (int v = 0; v < eos; v++)
-                sc[v] = -INFINITY;
-            if (ch == 0) eos_argmax0 = 1;
-        } else {
-            sc[eos] = -INFINITY;
-        }
-        if (!p->greedy) {
-            top_k_filter(sc, V, p->top_k, scratch);
-            top_p_filter(sc, V, p->top_p, items);
-        }
-    }
-    /* delay-pattern EOS forcing: channel c closes d_c steps after channel 0 */
+    eng_sample_seq e;
+    memset(&e, 0, sizeof e);
+    e.seed = p->seed;
+    e.step = s->len - 1;
+    e.row = s->row;
+    e.row_uncond = s->cfg ? s->row + 1 : -1;
+    e.cfg_scale = p->cfg_scale;
+    e.cfg_top_k = p->cfg_top_k;
+    /* transformers raises temperatures below 1 to 1 */
+    e.temperature = p->temperature > 0 && p->temperature < 1.0f ? 1.0f : p->temperature;
+    e.top_k = p->top_k;
+    e.top_p = p->top_p;
+    e.greedy = p->greedy;
+    return e;
+}
+
+/* The EOS countdown of the delay pattern (spec 6.2, last stage) on the sampler's picks: once
+ * channel 0's argmax is EOS (or the length limit nears), channel c is forced to EOS d_c steps
+ * later. Turns picks[channels + 1] into the next frame in `next`. */
+static void eos_countdown(dia_seq *s, const int32_t *picks, int32_t *next) {
+    const dia_config *c = &s->m->cfg;
+    int C = c->channels, eos_argmax0 = picks[C];
+    memcpy(next, picks, (size_t)C * sizeof *next);
     if (eos_argmax0 && !s->active) s->chose_eos = 1;
     if (eos_argmax0 || s->len == s->max_len - c->max_delay - 1) s->active = 1;
-    if (s->active) {
-        for (int ch = 0; ch < C; ch++) {
-            if (s->delay_left[ch] == 0) {
-                float *sc = s->scores + (size_t)ch * V;
-                for (int v = 0; v < V; v++)
-                    sc[v] = -INFINITY;
-                sc[eos] = 0.0f;
-            }
-            s->delay_left[ch]--;
-        }
-    }
-    int step = s->len - 1;
+    s->forced = 0;
+    if (!s->active) return;
     for (int ch = 0; ch < C; ch++) {
-        const float *sc = s->scores + (size_t)ch * V;
-        next[ch] = p->greedy ? argmax(sc, V) : sample(sc, V, rng_uniform(p->seed, step, ch));
+        if (s->delay_left[ch] == 0) {
+            next[ch] = c->eos_id;
+            s->forced |= 1u << ch;
+        }
+        s->delay_left[ch]--;
     }
 }
 
@@ -214,12 +64,12 @@ static void append(dia_seq *s, const int32_t *next) {
     int C = c->channels, t = s->len;
     int32_t *f = s->frames + (size_t)t * C;
     for (int ch = 0; ch < C; ch++) {
-        int32_t tok = s->forced ? s->force_frame[ch] : (s->finished[ch] ? c->pad_id : next[ch]);
+        int32_t tok = s->teacher ? s->force_frame[ch] : (s->finished[ch] ? c->pad_id : next[ch]);
         if (tok == c->eos_id) s->finished[ch] = 1;
         if (!s->p.no_delay_mask && t <= c->delay[ch]) tok = c->bos_id;
         f[ch] = tok;
     }
-    s->forced = 0;
+    s->teacher = 0;
     s->len++;
     int all = 1;
     for (int ch = 0; ch < C; ch++)
@@ -287,8 +137,10 @@ int dia_seq_start(dia_model *m, const int32_t *ids, int n, const dia_gen_params 
         s->delay_left[ch] = c->delay[ch];
         s->finished[ch] = 0;
     }
-    s->active = s->done = s->chose_eos = s->forced = 0;
-    s->logits_c = s->logits_u = NULL;
+    s->active = s->done = s->chose_eos = s->teacher = 0;
+    s->forced = 0;
+    s->row = -1;
+    s->have_logits = s->have_scores = 0;
     s->in_use = 1;
     *out = s;
     return 0;
@@ -333,16 +185,22 @@ int dia_step(dia_model *m, dia_seq *const *seqs, int n, eng_error *err) {
             h->xlen[rows] = 1;
         }
     }
-    int rc = dia_decoder_step(m, rows, err);
-    if (rc) return rc;
+    /* one sampler entry per sequence, the rest of the step's entries unused */
+    for (int i = 0; i < rows; i++)
+        h->params[i] = i < n ? sample_entry(seqs[i]) : (eng_sample_seq){.row = -1, .row_uncond = -1};
+    int rc = dia_decoder_step(m, rows, n, err);
+    if (rc) {
+        for (int i = 0; i < n; i++) /* the last step's logits are gone: nothing to inspect */
+            seqs[i]->row = -1;
+        return rc;
+    }
 
-    size_t nlog = (size_t)C * (size_t)c->dec_vocab;
     int32_t next[DIA_MAX_CHANNELS];
     for (int i = 0; i < n; i++) {
         dia_seq *s = seqs[i];
-        s->logits_c = h->logits + (size_t)s->row * nlog;
-        s->logits_u = s->cfg ? h->logits + (size_t)(s->row + 1) * nlog : NULL;
-        process(s, s->logits_c, s->logits_u, next, h->proc_scratch, h->proc_items);
+        s->entry = i;
+        s->have_logits = s->have_scores = 0;
+        eos_countdown(s, h->picks + (size_t)i * (size_t)(C + 1), next);
         append(s, next);
     }
     return 0;
@@ -360,16 +218,51 @@ int dia_seq_len(const dia_seq *s) {
 const int32_t *dia_seq_frames(const dia_seq *s) {
     return s->frames;
 }
-const float *dia_seq_logits(const dia_seq *s, int uncond) {
-    return uncond ? s->logits_u : s->logits_c;
+/* Fetches the last step's rows of the sequence from the backend into the host staging (the
+ * backend keeps them until the next step). The sequence is the model's, so it may be updated. */
+const float *dia_seq_logits(const dia_seq *cs, int uncond) {
+    dia_seq *s = (dia_seq *)cs;
+    dia_model *m = s->m;
+    if (s->row < 0 || (uncond && !s->cfg)) return NULL;
+    size_t nlog = (size_t)m->cfg.channels * (size_t)m->cfg.dec_vocab;
+    float *host = m->sh.logits + (size_t)s->row * nlog;
+    if (!s->have_logits) {
+        size_t rows = (size_t)(1 + s->cfg);
+        if (eng_download(m->be, host, m->sws.logits + (size_t)s->row * nlog, rows * nlog * 4) ||
+            eng_sync(m->be))
+            return NULL;
+        s->have_logits = 1;
+    }
+    return uncond ? host + nlog : host;
 }
-const float *dia_seq_scores(const dia_seq *s) {
+
+/* The processed scores of the last step, with the EOS countdown's forcing applied as spec 6.2
+ * states it (a forced channel's scores are 0 at EOS and -inf elsewhere). */
+const float *dia_seq_scores(const dia_seq *cs) {
+    dia_seq *s = (dia_seq *)cs;
+    dia_model *m = s->m;
+    if (s->row < 0) return NULL;
+    const dia_config *c = &m->cfg;
+    size_t V = (size_t)c->dec_vocab, nlog = (size_t)c->channels * V;
+    if (!s->have_scores) {
+        if (eng_download(m->be, s->scores, m->sws.scores + (size_t)s->entry * nlog, nlog * 4) ||
+            eng_sync(m->be))
+            return NULL;
+        for (int ch = 0; ch < c->channels; ch++) {
+            if (!(s->forced & (1u << ch))) continue;
+            float *sc = s->scores + (size_t)ch * V;
+            for (size_t v = 0; v < V; v++)
+                sc[v] = -INFINITY;
+            sc[c->eos_id] = 0.0f;
+        }
+        s->have_scores = 1;
+    }
     return s->scores;
 }
 
 void dia_seq_force(dia_seq *s, const int32_t *frame) {
     memcpy(s->force_frame, frame, (size_t)s->m->cfg.channels * sizeof *frame);
-    s->forced = 1;
+    s->teacher = 1;
 }
 
 void dia_seq_release(dia_model *m, dia_seq *s) {

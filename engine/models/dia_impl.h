@@ -43,7 +43,9 @@ typedef struct dia_enc_ws {
     uint8_t *mask; /* (rows) U8 1 = real text byte */
 } dia_enc_ws;
 
-/* Backend buffers of one decoder step (rows = 2*max_batch at most). */
+/* Backend buffers of one decoder step (rows = 2*max_batch at most, a power of two with graphs).
+ * The index tensors and the sampler parameters live in one block (`inputs`) so a step uploads
+ * them in one transfer; dia_step_host mirrors the block with the same offsets. */
 typedef struct dia_step_ws {
     int rows;
     float *x;      /* (rows, dec_hidden) */
@@ -55,20 +57,26 @@ typedef struct dia_step_ws {
     float *gu;     /* (rows, 2*dec_ffn) */
     float *mlp;    /* (rows, dec_ffn) */
     float *logits; /* (rows, channels*dec_vocab) */
+    float *scores; /* (rows, channels, dec_vocab) processed scores, one entry per sequence */
+    int32_t *picks; /* (rows, channels + 1) picked ids and the channel-0 EOS-argmax flag */
+    void *inputs;  /* the block below, inputs_bytes long */
+    size_t inputs_bytes;
     int32_t *ids;  /* (rows, channels) I32 input frame */
     int32_t *slot; /* (rows) I32 KV slot (self and cross) */
     int32_t *pos;  /* (rows) I32 decoder position of the frame */
     int32_t *len;  /* (rows) I32 pos + 1 */
     int32_t *xlen; /* (rows) I32 text length of the row's prompt */
+    eng_sample_seq *params; /* (rows) sampler parameters, entry i = i-th sequence of the step */
 } dia_step_ws;
 
-/* Host mirrors of the step's index tensors, and the downloaded logits. */
+/* Host mirrors of the step's input block, the downloaded picks, and the staging of the
+ * logits that dia_seq_logits() fetches on demand. */
 typedef struct dia_step_host {
+    void *inputs; /* same layout as dia_step_ws.inputs */
     int32_t *ids, *slot, *pos, *len, *xlen;
-    float *logits; /* (rows, channels*dec_vocab) */
-    /* logits processing scratch: vocab floats and vocab (value, index) pairs */
-    float *proc_scratch;
-    void *proc_items;
+    eng_sample_seq *params;
+    int32_t *picks; /* (rows, channels + 1) */
+    float *logits;  /* (rows, channels*dec_vocab), filled per sequence on demand */
     /* encoder index staging, ews.rows each */
     int32_t *enc_ids, *enc_pos, *enc_slot, *enc_len;
     uint8_t *enc_mask;
@@ -89,12 +97,14 @@ struct dia_seq {
     int finished[DIA_MAX_CHANNELS];
     int done;
     int chose_eos;
-    int forced; /* dia_seq_force() pending */
+    int teacher; /* dia_seq_force() pending */
     int32_t force_frame[DIA_MAX_CHANNELS];
-    float *scores;         /* (channels, vocab) processed scores of the last step */
-    const float *logits_c; /* into the host logits of the last step */
-    const float *logits_u;
-    int row; /* row of the cond copy in the last step */
+    float *scores;   /* (channels, vocab) processed scores of the last step, on demand */
+    int row;         /* row of the cond copy in the last step; -1 before the first */
+    int entry;       /* sampler entry of the last step */
+    unsigned forced; /* channels whose pick the EOS countdown forced in the last step */
+    int have_logits; /* host logits of the last step fetched */
+    int have_scores; /* scores of the last step fetched */
 };
 
 struct dia_model {
@@ -138,7 +148,9 @@ int dia_keep_host(dia_model *m, void *p, eng_error *err);
 int dia_encoder_run(dia_model *m, int B, int S, int masked, eng_error *err);
 /* Writes the cross K/V of slot pair `slot` from the states of a B (1 or 2), S=n encoder run. */
 int dia_cross_fill(dia_model *m, int slot, int B, int n, eng_error *err);
-/* One decoder step over `rows` rows whose index tensors are in sh (host); logits in sh. */
-int dia_decoder_step(dia_model *m, int rows, eng_error *err);
+/* One decoder step over `rows` rows whose inputs (index tensors, sampler entries) are staged in
+ * sh (host): logits, then the sampler; the picks of the first `entries` entries land in
+ * sh.picks. */
+int dia_decoder_step(dia_model *m, int rows, int entries, eng_error *err);
 
 #endif

@@ -351,24 +351,36 @@ static int plan(dia_model *m, eng_error *err) {
     DEV(s->gu, sr * 2 * (size_t)c->dec_ffn, 4);
     DEV(s->mlp, sr * (size_t)c->dec_ffn, 4);
     DEV(s->logits, sr * nlog, 4);
-    DEV(s->ids, sr * (size_t)c->channels, 4);
-    DEV(s->slot, sr, 4);
-    DEV(s->pos, sr, 4);
-    DEV(s->len, sr, 4);
-    DEV(s->xlen, sr, 4);
+    DEV(s->scores, sr * nlog, 4);
+    DEV(s->picks, sr * ((size_t)c->channels + 1), 4);
+    /* the step's inputs, one block: params first (8-byte fields), then the I32 tensors */
+    size_t off_ids = sr * sizeof(eng_sample_seq);
+    size_t off_slot = off_ids + sr * (size_t)c->channels * 4;
+    size_t off_pos = off_slot + sr * 4, off_len = off_pos + sr * 4, off_xlen = off_len + sr * 4;
+    s->inputs_bytes = off_xlen + sr * 4;
+    DEV(s->inputs, s->inputs_bytes, 1);
 #undef DEV
+    s->params = (eng_sample_seq *)s->inputs;
+    s->ids = (int32_t *)((char *)s->inputs + off_ids);
+    s->slot = (int32_t *)((char *)s->inputs + off_slot);
+    s->pos = (int32_t *)((char *)s->inputs + off_pos);
+    s->len = (int32_t *)((char *)s->inputs + off_len);
+    s->xlen = (int32_t *)((char *)s->inputs + off_xlen);
 
     dia_step_host *h = &m->sh;
-    if (!(h->ids = host_alloc(m, sr * (size_t)c->channels * 4, err)) ||
-        !(h->slot = host_alloc(m, sr * 4, err)) || !(h->pos = host_alloc(m, sr * 4, err)) ||
-        !(h->len = host_alloc(m, sr * 4, err)) || !(h->xlen = host_alloc(m, sr * 4, err)) ||
+    if (!(h->inputs = host_alloc(m, s->inputs_bytes, err)) ||
+        !(h->picks = host_alloc(m, sr * ((size_t)c->channels + 1) * 4, err)) ||
         !(h->logits = host_alloc(m, sr * nlog * 4, err)) ||
-        !(h->proc_scratch = host_alloc(m, (size_t)c->dec_vocab * 4, err)) ||
-        !(h->proc_items = host_alloc(m, (size_t)c->dec_vocab * 8, err)) ||
         !(h->enc_ids = host_alloc(m, er * 4, err)) || !(h->enc_pos = host_alloc(m, er * 4, err)) ||
         !(h->enc_slot = host_alloc(m, er * 4, err)) || !(h->enc_len = host_alloc(m, er * 4, err)) ||
         !(h->enc_mask = host_alloc(m, er, err)))
         return err ? err->code : ENG_ENOMEM;
+    h->params = (eng_sample_seq *)h->inputs;
+    h->ids = (int32_t *)((char *)h->inputs + off_ids);
+    h->slot = (int32_t *)((char *)h->inputs + off_slot);
+    h->pos = (int32_t *)((char *)h->inputs + off_pos);
+    h->len = (int32_t *)((char *)h->inputs + off_len);
+    h->xlen = (int32_t *)((char *)h->inputs + off_xlen);
 
     if (!(m->seqs = host_alloc(m, (size_t)o->max_batch * sizeof *m->seqs, err)))
         return err ? err->code : ENG_ENOMEM;

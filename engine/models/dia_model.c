@@ -216,21 +216,24 @@ static int decoder_ops(dia_model *m, int rows, eng_error *err) {
                            &L->gate_up, &L->down, l, err);
         if (rc) return rc;
     }
-    return norm_linear(m, &logits, &x, &h, &m->dec_norm, c->dec_norm_eps, &m->logits_w,
-                       "logits_dense", -1, err);
+    int rc = norm_linear(m, &logits, &x, &h, &m->dec_norm, c->dec_norm_eps, &m->logits_w,
+                         "logits_dense", -1, err);
+    if (rc) return rc;
+    /* spec 6.2 on the backend: one sampler entry per possible sequence of the bucket */
+    eng_tensor scores = eng_view3(w->scores, ENG_DT_F32, n, c->channels, c->dec_vocab);
+    eng_tensor picks = eng_view2(w->picks, ENG_DT_I32, n, (int64_t)c->channels + 1);
+    eng_tensor params = eng_view1(w->params, ENG_DT_U8, n * (int64_t)sizeof(eng_sample_seq));
+    OP(eng_sample(m->be, &picks, &scores, &logits, &params, c->eos_id), "sampling", -1);
+    return 0;
 }
 
-/* Uploads the host index tensors, runs (or replays) the step, downloads the logits. */
-int dia_decoder_step(dia_model *m, int rows, eng_error *err) {
+/* Uploads the step's inputs (index tensors and sampler entries, one transfer), runs (or
+ * replays) the step, downloads the picks of the first `entries` sampler entries. */
+int dia_decoder_step(dia_model *m, int rows, int entries, eng_error *err) {
     const dia_config *c = &m->cfg;
     dia_step_ws *w = &m->sws;
     dia_step_host *s = &m->sh;
-    size_t r4 = (size_t)rows * 4;
-    int rc = eng_upload(m->be, w->ids, s->ids, r4 * (size_t)c->channels);
-    if (!rc) rc = eng_upload(m->be, w->slot, s->slot, r4);
-    if (!rc) rc = eng_upload(m->be, w->pos, s->pos, r4);
-    if (!rc) rc = eng_upload(m->be, w->len, s->len, r4);
-    if (!rc) rc = eng_upload(m->be, w->xlen, s->xlen, r4);
+    int rc = eng_upload(m->be, w->inputs, s->inputs, w->inputs_bytes);
     if (rc) return eng_errorf(err, rc, "dia: step upload: %s", m->be->errstr);
 
     /* rows is a power of two here when graphs are on (dia_step pads to the bucket) */
@@ -256,9 +259,9 @@ int dia_decoder_step(dia_model *m, int rows, eng_error *err) {
         if (rc) return eng_errorf(err, rc, "dia: graph launch: %s", m->be->errstr);
     }
     if (direct && (rc = decoder_ops(m, rows, err))) return rc;
-    size_t lbytes = (size_t)rows * (size_t)c->channels * (size_t)c->dec_vocab * 4;
-    rc = eng_download(m->be, s->logits, w->logits, lbytes);
+    size_t pbytes = (size_t)entries * ((size_t)c->channels + 1) * 4;
+    rc = eng_download(m->be, s->picks, w->picks, pbytes);
     if (!rc) rc = eng_sync(m->be);
-    if (rc) return eng_errorf(err, rc, "dia: logits download: %s", m->be->errstr);
+    if (rc) return eng_errorf(err, rc, "dia: picks download: %s", m->be->errstr);
     return 0;
 }

@@ -3,7 +3,8 @@
 
 #include <string.h>
 
-enum { OP_LINEAR, OP_RMSNORM, OP_ADD, OP_ROPE, OP_SILU_MUL, OP_EMBED_SUM, OP_KV_WRITE, OP_ATTN };
+enum { OP_LINEAR, OP_RMSNORM, OP_ADD, OP_ROPE, OP_SILU_MUL, OP_EMBED_SUM, OP_KV_WRITE, OP_ATTN,
+       OP_SAMPLE };
 
 /* One recorded op with its arguments by value; has[i] says whether t[i] was a non-NULL
  * pointer argument. */
@@ -123,6 +124,16 @@ static int w_attention(eng_backend *be, eng_tensor *out, const eng_tensor *q, co
     return 0;
 }
 
+static int w_sample(eng_backend *be, eng_tensor *picks, eng_tensor *scores,
+                    const eng_tensor *logits, const eng_tensor *params, int eos_id) {
+    if (!recording_) return orig_->sample(be, picks, scores, logits, params, eos_id);
+    rec_op *r = record(OP_SAMPLE);
+    if (!r) return full(be);
+    put(r, 0, picks), put(r, 1, scores), put(r, 2, logits), put(r, 3, params);
+    r->i = eos_id;
+    return 0;
+}
+
 static int replay(eng_backend *be, rec_op *r) {
     eng_tensor *t0 = r->has[0] ? &r->t[0] : NULL;
     switch (r->kind) {
@@ -142,6 +153,8 @@ static int replay(eng_backend *be, rec_op *r) {
         return orig_->kv_write(be, &r->kv, get(r, 0), get(r, 1), get(r, 2), get(r, 3));
     case OP_ATTN:
         return orig_->attention(be, t0, get(r, 1), &r->kv, get(r, 2), get(r, 3), get(r, 4), r->f);
+    case OP_SAMPLE:
+        return orig_->sample(be, t0, &r->t[1], get(r, 2), get(r, 3), r->i);
     }
     return eng_backend_fail(be, ENG_EINVAL, "replay: unknown op %d", r->kind);
 }
@@ -198,6 +211,7 @@ void replay_install(eng_backend *be) {
     table_.embed_sum = w_embed_sum;
     table_.kv_write = w_kv_write;
     table_.attention = w_attention;
+    table_.sample = w_sample;
     table_.graph_begin = g_begin;
     table_.graph_end = g_end;
     table_.graph_launch = g_launch;

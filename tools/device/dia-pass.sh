@@ -2,7 +2,7 @@
 # Device pass: CUDA op tests, the GEMV benchmark, Dia full size on CUDA (steps/s for
 # bf16/int8/int4 at 1/4/16/64 sequences), the peer baselines, and the full-size check against
 # transformers (engine on CPU with 16 threads, and on CUDA). Binaries from .devbuild/gpu
-# (tools/device/build-cuda.sh, then copy test_cuda_ops, bench_cuda_gemv, voxq-bench there).
+# (tools/device/build-cuda.sh, then tools/device/stage.sh copies the binaries there).
 # Usage on the device: sh tools/device/dia-pass.sh [ops] [gemv] [steps] [profile] [tiny] [dac] [peers] [full] [quant]
 set -u
 cd "$(dirname "$0")/../.."
@@ -14,8 +14,10 @@ what=${*:-ops gemv steps peers full}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader
 for w in $what; do
     case $w in
-    ops) $G/test_cuda_ops > "$OUT/ops.log" 2>&1; echo "ops rc=$? $(tail -1 $OUT/ops.log)";
-         grep -E "FAIL|mismatch" "$OUT/ops.log" | head ;;
+    ops) for t in test_cuda_ops test_cuda_sample; do
+           $G/$t > "$OUT/$t.log" 2>&1; echo "$t rc=$? $(tail -1 $OUT/$t.log)";
+           grep -E -B3 "FAIL|mismatch" "$OUT/$t.log" | head -30
+         done ;;
     gemv) $G/bench_cuda_gemv --reps 20 > "$OUT/gemv.json" 2>&1;
           python3 -c "import json;d=json.load(open('$OUT/gemv.json'));[print('gemv-step',r) for r in d['decoder_weights_step']]" ;;
     steps) for f in bf16 int8 int4; do

@@ -1,0 +1,15 @@
+#!/bin/sh
+# Copies the engine-only CUDA binaries of a build tree (default .devbuild/cuda, made by
+# build-cuda.sh), libcjson.so.1 and the peer baseline script into .devbuild/gpu, the folder the
+# device scripts run from (pass .devbuild/gpu in the device call's `carry`).
+# Usage: sh tools/device/stage.sh [BUILD_DIR]
+set -eu
+cd "$(dirname "$0")/../.."
+b=${1:-.devbuild/cuda}
+g=.devbuild/gpu
+mkdir -p "$g"
+cp "$b/engine/voxq-bench" "$b/tests/cuda/test_cuda_ops" "$b/tests/cuda/test_cuda_sample" \
+    "$b/tests/cuda/bench_cuda_gemv" "$g/"
+cp -L /usr/lib/x86_64-linux-gnu/libcjson.so.1 "$g/"
+[ -f ../shared/tools/peer_baselines.py ] && cp ../shared/tools/peer_baselines.py "$g/"
+du -sh "$g"
