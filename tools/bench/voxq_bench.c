@@ -9,7 +9,8 @@
  *   voxq-bench steps [--model DIR | --random-full [--fmt f32|bf16|int8|int4] [--seed S]]
  *                    [--seqs 1,4] [--steps N] [--text-len N] [--device ...] [--threads N]
  *       Decoder steps/s and ms/step for each number of concurrent sequences (each with its CFG
- *       pair), plus the memory plan. Timings are measurements, never pass/fail.
+ *       pair), the memory plan, load_s (model load) and ready_s (process start to model loaded).
+ *       Timings are measurements, never pass/fail.
  *
  * Exit codes: 0 success, 1 failure of the work (or over tolerance), 2 bad usage or input. */
 #include <math.h>
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engine/models/dac.h"
 #include "engine/quant.h"
@@ -27,6 +29,28 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Seconds since this process started (the kernel's start time in /proc/self/stat, 10 ms
+ * resolution), or -1 where that is not available. */
+static double process_age_s(void) {
+    FILE *f = fopen("/proc/self/stat", "r");
+    if (!f) return -1;
+    char buf[1024];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *p = strrchr(buf, ')'); /* the command name may hold spaces */
+    unsigned long long start = 0;
+    /* after ") " come fields 3 (state) .. 22 (starttime, clock ticks since boot) */
+    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %*u %*u %*d %*d %*d %*d "
+                            "%*d %*d %llu",
+                     &start) != 1)
+        return -1;
+    struct timespec ts;
+    long hz = sysconf(_SC_CLK_TCK);
+    if (hz <= 0 || clock_gettime(CLOCK_BOOTTIME, &ts)) return -1;
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9 - (double)start / (double)hz;
 }
 
 static void usage(FILE *f) {
@@ -199,13 +223,13 @@ static int cmd_steps(const opts *o) {
         eng_backend_free(be);
         return rc == ENG_EINVAL ? 2 : 1;
     }
-    double load_s = now_s() - t0;
+    double load_s = now_s() - t0, ready_s = process_age_s();
     const dia_config *c = dia_model_config(m);
 
     printf("{\"command\": \"steps\", \"device\": \"%s\", \"weights\": \"%s\", \"threads\": %d, "
-           "\"text_len\": %d, \"steps\": %d, \"load_s\": %.3f, \"decoder_layers\": %d, "
-           "\"kv\": \"%s\", ",
-           be->ops->name, fmt, be->nthreads, o->text_len, o->steps, load_s, c->dec_layers,
+           "\"text_len\": %d, \"steps\": %d, \"load_s\": %.3f, \"ready_s\": %.2f, "
+           "\"decoder_layers\": %d, \"kv\": \"%s\", ",
+           be->ops->name, fmt, be->nthreads, o->text_len, o->steps, load_s, ready_s, c->dec_layers,
            eng_dtype_name(dia_model_opts(m)->kv_dtype));
     print_mem(m);
     printf(", \"results\": [");
