@@ -1,7 +1,11 @@
 /* cuda_attention.cu - KV-store writes and attention over the store.
  *
- * Scores, softmax and the weighted sum are f32 whatever the store's dtype (F32 or BF16). */
+ * Scores, softmax and the weighted sum are f32 whatever the store's dtype (F32 or BF16). Decode
+ * (BF16 store, no mask, head_dim 128, a few query heads per KV head) has its own kernel that reads
+ * each K/V byte once per row; everything else (the encoder's masked F32 prefill, other head
+ * dims) takes the general kernel. */
 #include <float.h>
+#include <math.h>
 
 #include "engine/cuda/cuda_internal.h"
 
@@ -194,6 +198,336 @@ k_attention(float *out, const float *q, const void *kc, const void *vc, int bf16
     if (threadIdx.x == 0) ws_count[rh] = 0;
 }
 
+/* Decode path: one block of DEC_WARPS warps per (row, KV head, split) computes all G = qh / kvh
+ * query heads of that KV head, so each K/V byte is read once per row. A position's 128 dims are
+ * 16 lanes x 8 bf16 (one 16-byte load each), so one warp load covers two positions: lanes 0-15
+ * the even one, lanes 16-31 the odd one. A warp takes DEC_U(G) such pairs per iteration, every
+ * load issued before the first use; its warps interleave over the split's positions.
+ *
+ * Scores are in log2 units (q pre-scaled by scale * log2(e), exp2f). A lane's U*G partial dot
+ * products are summed over its 16 lanes by a reduce-scatter that leaves lane j with the full
+ * score of index j % (U*G) = u * G + g, so the online softmax costs one exp per lane and
+ * iteration; the probabilities are then shuffled back to the lanes holding that position's V.
+ * Each lane keeps its head g's running max (uniform over the warp's lanes of that g) and a
+ * partial sum; acc[g][8] is the lane's weighted V over its half's positions.
+ *
+ * Splits: the host fixes their number from shapes alone (graph replays see new lengths); the
+ * device cuts the row's real length into chunks of a multiple of DEC_CHUNK positions, so only
+ * the first `active` splits have work. With one active split the block writes the output;
+ * otherwise each leaves (max, sum, values) per head in the workspace and the last to arrive
+ * merges them in split order (deterministic) and resets its counter for the next replay. */
+#define DEC_HD 128
+#define DEC_WARPS 4
+#define DEC_CHUNK 32        /* split granularity in positions: a multiple of a block iteration */
+#define DEC_MAX_SPLITS 32   /* bounds the serial merge in the last block */
+#define DEC_BLOCKS_PER_SM 8 /* split until about this many blocks per SM */
+#define DEC_U(G) ((G) >= 8 ? 2 : 4)            /* position pairs a warp loads per iteration */
+#define DEC_MERGE(G) ((G) >= 2 ? 32 / (G) : 8) /* splits the last block merges at once */
+
+static_assert(DEC_WARPS * 32 == DEC_HD, "the merges give one thread per output dim");
+static_assert(DEC_CHUNK % (DEC_WARPS * 2 * DEC_U(1)) == 0, "chunks of whole block iterations");
+
+/* 8 bf16 (one 16-byte load) to f32: a bf16 is the high half of an f32. */
+__device__ __forceinline__ void bf16x8_to_f32(uint4 r, float f[8]) {
+    f[0] = __uint_as_float(r.x << 16);
+    f[1] = __uint_as_float(r.x & 0xffff0000u);
+    f[2] = __uint_as_float(r.y << 16);
+    f[3] = __uint_as_float(r.y & 0xffff0000u);
+    f[4] = __uint_as_float(r.z << 16);
+    f[5] = __uint_as_float(r.z & 0xffff0000u);
+    f[6] = __uint_as_float(r.w << 16);
+    f[7] = __uint_as_float(r.w & 0xffff0000u);
+}
+
+/* log2 of a power of two, for compile-time shuffle masks. */
+__host__ __device__ constexpr int ilog2(int x) { return x > 1 ? 1 + ilog2(x / 2) : 0; }
+
+/* One halving step of half_warp_sum_scatter on the first C values, then the next. */
+template <int C, int V>
+__device__ __forceinline__ void sum_scatter_step(float (&v)[V], int lane) {
+    if constexpr (C > 1) {
+        const bool up = lane & (C / 2);
+#pragma unroll
+        for (int i = 0; i < C / 2; i++) {
+            float send = up ? v[i] : v[i + C / 2];
+            float keep = up ? v[i + C / 2] : v[i];
+            v[i] = keep + __shfl_xor_sync(0xffffffffu, send, C / 2);
+        }
+        sum_scatter_step<C / 2>(v, lane);
+    }
+}
+
+/* Sums v[0..V) over the 16 lanes of each half-warp (V a power of two <= 16) and returns, in lane
+ * j, the total of index j % V. Each halving step trades the half of the values a lane does not
+ * keep with its partner (V - 1 shuffles instead of 4V); the steps past V sum the copies. Float
+ * addition commutes, so lanes j and j + V end with bit-identical totals. */
+template <int V>
+__device__ __forceinline__ float half_warp_sum_scatter(float (&v)[V], int lane) {
+    sum_scatter_step<V>(v, lane);
+    float r = v[0];
+#pragma unroll
+    for (int b = ilog2(V); b < 4; b++) r += __shfl_xor_sync(0xffffffffu, r, 1 << b);
+    return r;
+}
+
+template <int G>
+__global__ void __launch_bounds__(DEC_WARPS * 32, G >= 8 ? 2 : 4)
+k_attention_decode(float *out, const float *q, const uint4 *kc, const uint4 *vc,
+                   const int32_t *slot, const int32_t *len, int qh, int kvh, int slots,
+                   int max_len, float qscale, int splits, float *ws_part, int *ws_count) {
+    constexpr int U = DEC_U(G), V = U * G, PART = DEC_HD + 2;
+    const unsigned full = 0xffffffffu;
+    __shared__ __align__(16) float s_acc[DEC_WARPS][G][DEC_HD]; /* each warp's weighted V */
+    __shared__ float s_m[DEC_WARPS][G], s_l[DEC_WARPS][G];      /* its max and sum per head */
+    __shared__ int s_last;
+    pdl_trigger();
+    const int group = blockIdx.x, split = blockIdx.y;
+    const int row = group / kvh, kh = group % kvh;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int half = lane / 16, j = lane % 16;
+    const int s = slot[row];
+    int L = len[row];
+    /* this lane's 8 dims of each head's query (the G heads of KV head kh are adjacent in q and
+     * out), loaded while slot and len are in flight; scaled to log2 units below */
+    float qv[G][8];
+    const float *qrow = q + ((size_t)row * qh + (size_t)kh * G) * DEC_HD + 8 * j;
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        float4 a = *(const float4 *)(qrow + g * DEC_HD);
+        float4 b = *(const float4 *)(qrow + g * DEC_HD + 4);
+        qv[g][0] = a.x, qv[g][1] = a.y, qv[g][2] = a.z, qv[g][3] = a.w;
+        qv[g][4] = b.x, qv[g][5] = b.y, qv[g][6] = b.z, qv[g][7] = b.w;
+    }
+    L = (s < 0 || s >= slots) ? 0 : min(max(L, 0), max_len);
+    int chunk = (L + splits - 1) / splits;
+    chunk = max((chunk + DEC_CHUNK - 1) / DEC_CHUNK, 1) * DEC_CHUNK;
+    const int active = (L + chunk - 1) / chunk;
+    float *orow = out + ((size_t)row * qh + (size_t)kh * G) * DEC_HD;
+    if (split >= active) {
+        if (split == 0) /* no keys (len 0): zeros, like the CPU op */
+            for (int i = threadIdx.x; i < G * DEC_HD; i += blockDim.x) orow[i] = 0.f;
+        return;
+    }
+    const int p0 = split * chunk, p1 = min(L, p0 + chunk);
+#pragma unroll
+    for (int g = 0; g < G; g++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) qv[g][i] *= qscale;
+    /* the softmax slot this lane owns after the reduce-scatter: pair u, head g, its half */
+    const int mine = lane % V, my_u = mine / G;
+    float m = -INFINITY, l = 0.f, acc[G][8];
+#pragma unroll
+    for (int g = 0; g < G; g++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[g][i] = 0.f;
+    /* uint4 index of (slot s, position 0, head kh, dims 8j..8j+7), and between positions */
+    const size_t pstride = (size_t)kvh * (DEC_HD / 8);
+    const size_t head0 = ((size_t)s * max_len * kvh + kh) * (DEC_HD / 8) + j;
+    for (int base = p0 + warp * 2 * U; base < p1; base += DEC_WARPS * 2 * U) {
+        uint4 kr[U], vr[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) { /* past p1: reload the last position, scored -inf below */
+            size_t off = head0 + (size_t)min(base + 2 * u + half, p1 - 1) * pstride;
+            kr[u] = __ldg(kc + off);
+            vr[u] = __ldg(vc + off);
+        }
+        float sc[V]; /* partial dot products over this lane's dims, index u * G + g */
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float kf[8];
+            bf16x8_to_f32(kr[u], kf);
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                float dot = 0.f;
+#pragma unroll
+                for (int i = 0; i < 8; i++) dot = fmaf(qv[g][i], kf[i], dot);
+                sc[u * G + g] = dot;
+            }
+        }
+        float score = half_warp_sum_scatter<V>(sc, lane);
+        if (base + 2 * my_u + half >= p1) score = -INFINITY;
+        /* max over the iteration's positions of this head: the u bits and the half bit (lanes
+         * differing in the bits from V up hold copies) */
+        float cmax = score;
+#pragma unroll
+        for (int b = ilog2(G); b < ilog2(V); b++)
+            cmax = fmaxf(cmax, __shfl_xor_sync(full, cmax, 1 << b));
+        cmax = fmaxf(cmax, __shfl_xor_sync(full, cmax, 16));
+        /* base < p1, so every head has a finite score here and mnew is finite */
+        float mnew = fmaxf(m, cmax);
+        float prob = exp2f(score - mnew), corr = exp2f(m - mnew);
+        l = fmaf(l, corr, prob);
+        if (__any_sync(full, mnew > m)) { /* else corr is exactly 1 for every head */
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                float cg = __shfl_sync(full, corr, g); /* lane g owns (u 0, head g) */
+#pragma unroll
+                for (int i = 0; i < 8; i++) acc[g][i] *= cg;
+            }
+        }
+        m = mnew;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            float vf[8];
+            bf16x8_to_f32(vr[u], vf);
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                float pg = __shfl_sync(full, prob, (lane & 16) + u * G + g);
+#pragma unroll
+                for (int i = 0; i < 8; i++) acc[g][i] = fmaf(pg, vf[i], acc[g][i]);
+            }
+        }
+    }
+    /* the warp's sum per head over its distinct slots; both halves' V into lanes 0-15 */
+#pragma unroll
+    for (int b = ilog2(G); b < ilog2(V); b++) l += __shfl_xor_sync(full, l, 1 << b);
+    l += __shfl_xor_sync(full, l, 16);
+#pragma unroll
+    for (int g = 0; g < G; g++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[g][i] += __shfl_xor_sync(full, acc[g][i], 16);
+    if (half == 0)
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            float4 *dst = (float4 *)&s_acc[warp][g][8 * j];
+            dst[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]);
+            dst[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]);
+        }
+    if (lane < G) { /* lane g owns head g */
+        s_m[warp][lane] = m;
+        s_l[warp][lane] = l;
+    }
+    __syncthreads();
+
+    /* merge the warps (a warp without positions has l == 0); thread d owns dim d of each head.
+     * The split is not empty, so warp 0 has positions and bm is finite. */
+    const int d = threadIdx.x;
+    float bm[G], bl[G], bv[G];
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        bm[g] = -INFINITY;
+        for (int w = 0; w < DEC_WARPS; w++)
+            if (s_l[w][g] > 0.f) bm[g] = fmaxf(bm[g], s_m[w][g]);
+        bl[g] = 0.f;
+        bv[g] = 0.f;
+        for (int w = 0; w < DEC_WARPS; w++)
+            if (s_l[w][g] > 0.f) {
+                float e = exp2f(s_m[w][g] - bm[g]);
+                bl[g] = fmaf(s_l[w][g], e, bl[g]);
+                bv[g] = fmaf(s_acc[w][g][d], e, bv[g]);
+            }
+    }
+    if (active == 1) {
+#pragma unroll
+        for (int g = 0; g < G; g++) orow[g * DEC_HD + d] = bv[g] / bl[g];
+        return;
+    }
+    /* workspace of this group: [splits][G][max, sum, DEC_HD values] */
+    float *parts = ws_part + (size_t)group * splits * G * PART;
+    float *mine_part = parts + (size_t)split * G * PART;
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        mine_part[g * PART + 2 + d] = bv[g];
+        if (d == 0) {
+            mine_part[g * PART] = bm[g];
+            mine_part[g * PART + 1] = bl[g];
+        }
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(&ws_count[group], 1) == active - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    /* The last split to finish merges all the active ones (each non-empty: finite max, sum >= 1)
+     * in split order, DEC_MERGE(G) at a time so each batch's loads are in flight together. */
+    constexpr int B = DEC_MERGE(G);
+    float fm[G], fl[G], fv[G];
+#pragma unroll
+    for (int g = 0; g < G; g++) fm[g] = -INFINITY, fl[g] = fv[g] = 0.f;
+    for (int k0 = 0; k0 < active; k0 += B) {
+        float pm[B][G], pl[B][G], pv[B][G];
+#pragma unroll
+        for (int b = 0; b < B; b++) {
+            const float *pk = parts + (size_t)min(k0 + b, active - 1) * G * PART;
+#pragma unroll
+            for (int g = 0; g < G; g++) {
+                pm[b][g] = __ldcg(pk + g * PART);
+                pl[b][g] = __ldcg(pk + g * PART + 1);
+                pv[b][g] = __ldcg(pk + g * PART + 2 + d);
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            float nm = fm[g];
+#pragma unroll
+            for (int b = 0; b < B; b++)
+                if (k0 + b < active) nm = fmaxf(nm, pm[b][g]);
+            float corr = exp2f(fm[g] - nm); /* 0 on the first batch (fm -inf, nm finite) */
+            fl[g] *= corr;
+            fv[g] *= corr;
+#pragma unroll
+            for (int b = 0; b < B; b++)
+                if (k0 + b < active) {
+                    float w = exp2f(pm[b][g] - nm);
+                    fl[g] = fmaf(pl[b][g], w, fl[g]);
+                    fv[g] = fmaf(pv[b][g], w, fv[g]);
+                }
+            fm[g] = nm;
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < G; g++) orow[g * DEC_HD + d] = fv[g] / fl[g];
+    if (threadIdx.x == 0) ws_count[group] = 0;
+}
+
+/* The decode kernel's G (query heads per KV head) for this call, or 0 when it does not apply. */
+static int decode_group_size(const eng_tensor *out, const eng_tensor *q, const eng_kv *kv,
+                             const eng_tensor *key_mask) {
+    int g = (int)(q->shape[1] / kv->heads);
+    uintptr_t addr = (uintptr_t)q->data | (uintptr_t)kv->k | (uintptr_t)kv->v;
+    if (key_mask || kv->dtype != ENG_DT_BF16 || kv->head_dim != DEC_HD || (addr & 15) ||
+        out->dtype != ENG_DT_F32 || q->dtype != ENG_DT_F32)
+        return 0;
+    return g == 1 || g == 2 || g == 4 || g == 8 ? g : 0;
+}
+
+static int attention_decode(eng_backend *be, eng_tensor *out, const eng_tensor *q,
+                            const eng_kv *kv, const eng_tensor *slot, const eng_tensor *len,
+                            float scale, int g) {
+    cuda_impl *c = cuda_of(be);
+    int64_t n = q->shape[0], groups = n * kv->heads;
+    int qh = (int)q->shape[1];
+    /* Enough blocks to fill the GPU a few times over, no split under DEC_CHUNK positions of
+     * the store's capacity (the device cuts the real length), and a merge of at most
+     * DEC_MAX_SPLITS partials. Depends on shapes only, so captured steps replay. */
+    int64_t want = ((int64_t)DEC_BLOCKS_PER_SM * c->sm_count + groups - 1) / groups;
+    int64_t most = (kv->max_len + DEC_CHUNK - 1) / DEC_CHUNK;
+    int64_t splits = want < most ? want : most;
+    if (splits > DEC_MAX_SPLITS) splits = DEC_MAX_SPLITS;
+    if (splits < 2 || (size_t)(n * qh) * splits * (DEC_HD + 2) * 4 > c->att_part_bytes ||
+        groups > c->att_count_len)
+        splits = 1;
+    CUDA_REQUIRE(be, groups <= INT32_MAX, "attention", "%lld rows x %d KV heads is too many",
+                 (long long)n, kv->heads);
+    dim3 grid((unsigned)groups, (unsigned)splits);
+    float qscale = scale * 1.4426950408889634f; /* log2(e): the kernel uses exp2 */
+#define DEC_LAUNCH(GG)                                                                             \
+    k_attention_decode<GG><<<grid, DEC_WARPS * 32, 0, c->stream>>>(                                \
+        (float *)out->data, (const float *)q->data, (const uint4 *)kv->k, (const uint4 *)kv->v,    \
+        (const int32_t *)slot->data, (const int32_t *)len->data, qh, kv->heads, kv->slots,         \
+        kv->max_len, qscale, (int)splits, c->att_part, c->att_count)
+    switch (g) {
+    case 1: DEC_LAUNCH(1); break;
+    case 2: DEC_LAUNCH(2); break;
+    case 4: DEC_LAUNCH(4); break;
+    default: DEC_LAUNCH(8); break;
+    }
+#undef DEC_LAUNCH
+    CU_LAUNCHED(be);
+    return 0;
+}
+
 int cuda_attention(eng_backend *be, eng_tensor *out, const eng_tensor *q, const eng_kv *kv,
                    const eng_tensor *slot, const eng_tensor *len, const eng_tensor *key_mask,
                    float scale) {
@@ -206,6 +540,8 @@ int cuda_attention(eng_backend *be, eng_tensor *out, const eng_tensor *q, const 
     CUDA_REQUIRE(be, !key_mask || key_mask->dtype == ENG_DT_U8, "attention", "mask must be U8");
     int64_t n = q->shape[0];
     if (!n) return 0;
+    int g = decode_group_size(out, q, kv, key_mask);
+    if (g) return attention_decode(be, out, q, kv, slot, len, scale, g);
     cuda_impl *c = cuda_of(be);
     int qh = (int)q->shape[1], hd = kv->head_dim;
     int64_t rows = n * qh;

@@ -183,6 +183,14 @@ int dia_seq_start(dia_model *m, const int32_t *ids, int n, const dia_gen_params 
  * decoder pass: input frame (after the delay overwrite) -> logits -> spec 6.2 processing ->
  * pick -> EOS/PAD bookkeeping. On failure the sequences keep their state before the call. */
 int dia_step(dia_model *m, dia_seq *const *seqs, int n, eng_error *err);
+/* Measurement (benchmarks): replays the step graph of the last dia_step over these n sequences
+ * `reps` times back to back with the same inputs and no host work between replays, and sets
+ * *ms to the device time of one replay. The sequences do not advance (their K/V at the current
+ * position is rewritten with the same values). ENG_EUNSUPPORTED where the backend has no step
+ * graphs. Call right after a dia_step of the same n sequences. */
+int dia_time_step_graph(dia_model *m, dia_seq *const *seqs, int n, int reps, double *ms,
+                        eng_error *err);
+
 /* 1 when every channel has emitted EOS or the length limit is reached. */
 int dia_seq_done(const dia_seq *s);
 /* 1 when the sequence ended with a channel-0 EOS the model chose, 0 when forced by length. */

@@ -2,6 +2,7 @@
  * fill, and one decoder step over many rows (spec 5). Backend-agnostic: tensors are only passed
  * to ops, never dereferenced; everything a step varies lives in I32 tensors uploaded first. */
 #include <string.h>
+#include <time.h>
 
 #include "engine/models/dia_impl.h"
 
@@ -263,5 +264,29 @@ int dia_decoder_step(dia_model *m, int rows, int entries, eng_error *err) {
     rc = eng_download(m->be, s->picks, w->picks, pbytes);
     if (!rc) rc = eng_sync(m->be);
     if (rc) return eng_errorf(err, rc, "dia: picks download: %s", m->be->errstr);
+    return 0;
+}
+
+int dia_time_step_graph(dia_model *m, dia_seq *const *seqs, int n, int reps, double *ms,
+                        eng_error *err) {
+    int rows = 0;
+    for (int i = 0; i < n; i++)
+        rows += 1 + seqs[i]->cfg;
+    int bucket_bit = 0;
+    while ((1 << bucket_bit) < rows)
+        bucket_bit++;
+    if (!m->graphs || (m->graph_off & (1u << bucket_bit)))
+        return eng_errorf(err, ENG_EUNSUPPORTED, "dia: no step graph to time on backend %s",
+                          m->be->ops->name);
+    int key = m->graph_uid * 32 + bucket_bit, rc = eng_sync(m->be);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (int r = 0; r < reps && !rc; r++)
+        rc = m->be->ops->graph_launch(m->be, key);
+    if (!rc) rc = eng_sync(m->be);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    if (rc) return eng_errorf(err, rc, "dia: timing the step graph: %s", m->be->errstr);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    *ms = reps > 0 ? s * 1e3 / reps : 0;
     return 0;
 }

@@ -357,8 +357,8 @@ TEST(embed_sum_channels) {
 }
 
 /* Rows with their own slot and length (GQA or not), with or without a key mask. */
-static void check_attention(eng_dtype kv_dt, int qh, int kvh, int hd, int slots, int max_len,
-                            int n, int use_mask) {
+static void check_attention_lens(eng_dtype kv_dt, int qh, int kvh, int hd, int slots, int max_len,
+                                 int n, int use_mask, int longest, int len_off) {
     size_t kvn = (size_t)slots * max_len * kvh * hd;
     float *kf = rand_array(kvn, 1.f), *vf = rand_array(kvn, 1.f);
     float *q = rand_array((size_t)n * qh * hd, 0.3f);
@@ -366,7 +366,7 @@ static void check_attention(eng_dtype kv_dt, int qh, int kvh, int hd, int slots,
     uint8_t *mask = malloc((size_t)slots * max_len);
     for (int i = 0; i < n; i++) {
         slot[i] = (i * 7) % slots;
-        len[i] = 1 + (i * 977) % max_len;
+        len[i] = 1 + (i * 977 + len_off) % longest;
     }
     for (int i = 0; i < slots * max_len; i++) mask[i] = (uint8_t)((i % 5) != 3);
     /* The CPU store is F32; for a BF16 device store, round the CPU copy the same way. */
@@ -407,9 +407,9 @@ static void check_attention(eng_dtype kv_dt, int qh, int kvh, int hd, int slots,
     }
     ASSERT_OK(eng_attention(cpu, &po.c, &pq.c, &kc, &ps.c, &pl.c, use_mask ? &pm.c : NULL, 1.f));
     ASSERT_OK(eng_attention(gpu, &po.g, &pq.g, &kg, &ps.g, &pl.g, use_mask ? &pm.g : NULL, 1.f));
-    char what[96];
-    snprintf(what, sizeof what, "attention %s qh=%d kvh=%d hd=%d len<=%d mask=%d",
-             eng_dtype_name(kv_dt), qh, kvh, hd, max_len, use_mask);
+    char what[128];
+    snprintf(what, sizeof what, "attention %s qh=%d kvh=%d hd=%d n=%d len<=%d/%d mask=%d",
+             eng_dtype_name(kv_dt), qh, kvh, hd, n, longest, max_len, use_mask);
     int bad = same(what, &po, 1e-4, 1e-3);
     eng_free(gpu, kb);
     eng_free(gpu, vb);
@@ -417,6 +417,11 @@ static void check_attention(eng_dtype kv_dt, int qh, int kvh, int hd, int slots,
     free_pair(&pl); free_pair(&pm);
     free(kf); free(vf); free(q); free(slot); free(len); free(mask);
     ASSERT_EQ(bad, 0);
+}
+
+static void check_attention(eng_dtype kv_dt, int qh, int kvh, int hd, int slots, int max_len,
+                            int n, int use_mask) {
+    check_attention_lens(kv_dt, qh, kvh, hd, slots, max_len, n, use_mask, max_len, 0);
 }
 
 TEST(attention_decode_and_masked) {
@@ -428,12 +433,40 @@ TEST(attention_decode_and_masked) {
     if (test_failed_) return;
     check_attention(ENG_DT_F32, 4, 2, 16, 2, 41, 5, 1);
     if (test_failed_) return;
+    check_attention(ENG_DT_BF16, 16, 4, 128, 3, 300, 6, 1); /* masked BF16: general kernel */
+    if (test_failed_) return;
     /* long stores: the key positions split over blocks, merged by the last block */
     check_attention(ENG_DT_BF16, 16, 4, 128, 2, 3073, 2, 0);
     if (test_failed_) return;
     check_attention(ENG_DT_F32, 16, 16, 128, 2, 1024, 2, 1);
     if (test_failed_) return;
     check_attention(ENG_DT_BF16, 16, 4, 128, 2, 3073, 2, 0); /* counters were reset */
+}
+
+/* The decode kernel (BF16 store, no mask, head_dim 128, 1-8 query heads per KV head): the Dia
+ * decoder's shapes, short and long, one and many splits. */
+TEST(attention_decode_kernel) {
+    static const struct {
+        int qh, kvh, slots, max_len, n, longest, len_off;
+    } cases[] = {
+        {16, 4, 2, 256, 2, 256, 130},    /* self-attention, n = 2: lengths 131 and 84 */
+        {16, 4, 4, 3073, 2, 2000, 1999}, /* long: 2000 and 977 keys over many splits */
+        {16, 4, 2, 3073, 2, 3073, 3072}, /* a full store: 3073 keys, and 977 */
+        {16, 4, 8, 3073, 32, 2000, 0},   /* n = 32, lengths 1 .. 2000 */
+        {16, 4, 8, 200, 32, 200, 0},     /* n = 32 short, lengths 1 .. 200 */
+        {16, 4, 16, 3073, 128, 2000, 5}, /* n = 128 long: few splits, long chunks */
+        {16, 4, 3, 70, 8, 70, 33},       /* a store shorter than two split chunks */
+        {16, 16, 2, 1024, 2, 128, 127},  /* cross-attention: 16 KV heads, text of 128 */
+        {16, 16, 8, 1024, 8, 128, 0},    /* cross-attention, n = 8 */
+        {8, 4, 3, 500, 6, 500, 11},      /* 2 query heads per KV head */
+        {16, 2, 3, 500, 6, 500, 11},     /* 8 query heads per KV head */
+        {16, 4, 4, 3073, 2, 2000, 1999}, /* again: the split counters were reset */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        check_attention_lens(ENG_DT_BF16, cases[i].qh, cases[i].kvh, 128, cases[i].slots,
+                             cases[i].max_len, cases[i].n, 0, cases[i].longest, cases[i].len_off);
+        if (test_failed_) return;
+    }
 }
 
 TEST(dac_convs_snake_tanh) {

@@ -275,13 +275,18 @@ static int cmd_steps(const opts *o) {
             }
         }
         double el = now_s() - t_start;
+        /* the same step graph replayed back to back: the device's share of a step */
+        double graph_ms = -1;
+        if (!status && !be->ops->profile_json && dia_time_step_graph(m, run, n, 50, &graph_ms, &err))
+            graph_ms = -1;
         for (int i = 0; i < n; i++)
             dia_seq_release(m, run[i]);
         if (status) break;
         double ms = el * 1e3 / o->steps, sps = o->steps / el;
         printf("%s{\"seqs\": %d, \"ms_per_step\": %.3f, \"steps_per_s\": %.2f, "
-               "\"frames_per_s_total\": %.2f, \"realtime_x_total\": %.3f",
-               k ? ", " : "", n, ms, sps, sps * n, sps * n / 86.13);
+               "\"frames_per_s_total\": %.2f, \"realtime_x_total\": %.3f, "
+               "\"graph_replay_ms\": %.3f",
+               k ? ", " : "", n, ms, sps, sps * n, sps * n / 86.13, graph_ms);
         /* With VOXQ_CUDA_PROFILE=1: device time per op kind over the timed steps (the steps
          * then run uncaptured and synchronized per op, so ms_per_step is not a speed). */
         static char prof[8192];

@@ -1,14 +1,17 @@
 #!/bin/sh
 # Per-kernel device time of decoder steps under Nsight Compute (serialized launches, so the sum is
 # an upper bound of the step; the split between kernels is what it is for).
-# Usage on the device: sh tools/device/ncu-step.sh [bf16|int8|int4] [seqs]
+# Usage on the device: sh tools/device/ncu-step.sh [bf16|int8|int4] [seqs] [warm]
+#   warm: no cache flush and no clock locking between kernels (closer to the graph's times)
 set -u
 cd "$(dirname "$0")/../.."
 G=.devbuild/gpu
 export LD_LIBRARY_PATH="$PWD/$G:${LD_LIBRARY_PATH:-}"
 OUT=${OUT:-/tmp/out}
 fmt=${1:-bf16}; seqs=${2:-1}
-timeout 400 ncu --metrics gpu__time_duration.sum -k regex:k_ --launch-skip 600 --launch-count 400 \
+ctl=""; [ "${3:-}" = warm ] && ctl="--cache-control none --clock-control none"
+# shellcheck disable=SC2086
+timeout 400 ncu $ctl --metrics gpu__time_duration.sum -k regex:k_ --launch-skip 600 --launch-count 400 \
     --csv $G/voxq-bench steps --random-full --fmt "$fmt" --seqs "$seqs" --steps 24 --text-len 128 \
     --device cuda > "$OUT/ncu_$fmt.csv" 2>"$OUT/ncu_$fmt.err"
 python3 - "$OUT/ncu_$fmt.csv" <<'PY'
