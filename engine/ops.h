@@ -174,6 +174,12 @@ typedef struct eng_backend_ops {
     int (*linear_ex)(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w,
                      const struct eng_linear_args *a);
 
+    /* Optional: y[i] = pre(x) . W[i]^T for count weights with the same input (q, k and v of one
+     * attention): one pass of the prologue and, where the backend can, one launch. Only pre
+     * (and its norm/eps) of `a` applies. NULL: eng_linear_group runs eng_linear_ex per weight. */
+    int (*linear_group)(eng_backend *be, int count, eng_tensor *const *y, const eng_tensor *x,
+                        const eng_weight *const *w, const struct eng_linear_args *a);
+
     /* Optional fused rope + kv_write (NULL: eng_rope_kv_write composes them). */
     int (*rope_kv_write)(eng_backend *be, eng_tensor *q, eng_tensor *k, const eng_tensor *v,
                          const eng_tensor *pos, float theta, eng_kv *kv, const eng_tensor *slot);
@@ -227,6 +233,11 @@ static inline int eng_tanh(eng_backend *be, eng_tensor *y, const eng_tensor *x) 
  * result equals the composition of the plain ops up to float rounding. */
 int eng_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w,
                   const eng_linear_args *a);
+
+/* y[i] = pre(x) . W[i]^T for i < count (same x; only a->pre, norm and eps apply), one launch
+ * where the backend has linear_group, else eng_linear_ex per weight through a->tmp_in. */
+int eng_linear_group(eng_backend *be, int count, eng_tensor *const *y, const eng_tensor *x,
+                     const eng_weight *const *w, const eng_linear_args *a);
 
 /* A decoder's attention input step: RoPE on q[n, qh, hd] and k[n, kvh, hd] at pos[n] (in place),
  * then the rotated k and v[n, kvh, hd] written into kv at (slot[i], pos[i]). One kernel where the

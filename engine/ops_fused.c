@@ -33,6 +33,27 @@ int eng_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng
     return be->ops->add(be, y, a->tmp_out);
 }
 
+int eng_linear_group(eng_backend *be, int count, eng_tensor *const *y, const eng_tensor *x,
+                     const eng_weight *const *w, const eng_linear_args *a) {
+    if (be->ops->linear_group) return be->ops->linear_group(be, count, y, x, w, a);
+    eng_linear_args one = *a;
+    one.accumulate = 0;
+    one.post = ENG_POST_NONE;
+    if (!be->ops->linear_ex && a->pre != ENG_PRE_NONE && a->tmp_in && count > 1) {
+        /* no fused kernels: the prologue once into tmp_in, then plain products */
+        int rc = a->pre == ENG_PRE_RMSNORM ? be->ops->rmsnorm(be, a->tmp_in, x, a->norm, a->eps)
+                                           : be->ops->silu_mul(be, a->tmp_in, x);
+        for (int i = 0; i < count && !rc; i++)
+            rc = be->ops->linear(be, y[i], a->tmp_in, w[i]);
+        return rc;
+    }
+    for (int i = 0; i < count; i++) {
+        int rc = eng_linear_ex(be, y[i], x, w[i], &one);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 int eng_rope_kv_write(eng_backend *be, eng_tensor *q, eng_tensor *k, const eng_tensor *v,
                       const eng_tensor *pos, float theta, eng_kv *kv, const eng_tensor *slot) {
     if (be->ops->rope_kv_write) return be->ops->rope_kv_write(be, q, k, v, pos, theta, kv, slot);

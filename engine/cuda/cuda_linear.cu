@@ -6,6 +6,10 @@
  * dequantize in registers and accumulate in f32 against up to GEMV_MAX_ROWS rows of x, which stay
  * in L1/L2. Each weight byte is read once per call. Larger n (the encoder, cross K/V) goes to
  * cuBLAS in bf16 with f32 accumulation; quantized weights are expanded to bf16 in scratch first. */
+#include <cooperative_groups.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "engine/cuda/cuda_internal.h"
 
 #define GEMV_MAX_ROWS 8
@@ -254,6 +258,371 @@ __global__ void k_gemv_any(float *__restrict__ y, const float *__restrict__ x, c
     }
 }
 
+/* ---- Tensor-core path: int8/int4 (and bf16) weights, 1 to 128 rows of x ----
+ *
+ * mma.sync.m16n8k16 (bf16 in, f32 accumulate) with the weights as the A operand (16 output rows
+ * a fragment) and x as the B operand (8 rows of x a fragment; padding columns are zeros). The
+ * fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16", g = lane / 4, t = lane % 4):
+ *   A: a0 = (row g,   k 2t, 2t+1)   a1 = (row g+8, k 2t, 2t+1)
+ *      a2 = (row g,   k 2t+8, 2t+9) a3 = (row g+8, k 2t+8, 2t+9)
+ *   B: b0 = (k 2t, 2t+1; column g)  b1 = (k 2t+8, 2t+9; column g)
+ *   C: c0, c1 = (row g, columns 2t, 2t+1)  c2, c3 = (row g+8, columns 2t, 2t+1)
+ * A dot product may visit k in any order as long as A and B use the same order. Lane t of a group
+ * owns the logical k {2t, 2t+1, 2t+8, 2t+9} of every mma, in A (both its rows) and in B (its
+ * column) alike, so each lane may back its logical k with any physical k of its own: lane t loads
+ * 16 contiguous bytes of weight row g and of row g+8 at chunk 4s + t of k-step s (a k-step is
+ * KW = 4 lanes x V values), turns each 16 bytes into PAIRS bf16x2 registers P[0..PAIRS) and feeds
+ * mma i with a0 = P_g[2i], a1 = P_g8[2i], a2 = P_g[2i+1], a3 = P_g8[2i+1], b0 = X[2i],
+ * b1 = X[2i+1], where X are the same physical k of x column g, read as 16-byte words from shared
+ * memory where x was staged in the pair order of the format:
+ *   bf16: P[m] = word m = (k 2m, 2m+1)                        x staged in natural order
+ *   int8: P[2m], P[2m+1] = (k 4m, 4m+1), (k 4m+2, 4m+3)       natural order
+ *   int4: P[4m+j] = (k 8m+j, 8m+4+j): the nibbles at bits 4j and 16+4j of word m, which one
+ *         (w >> 4j) & 0x000F000F | 0x43004300 turns into the bf16 pair 128+q exactly;
+ *         x staged as x0 x4 x1 x5 x2 x6 x3 x7 in every group of 8.
+ * Dequantization: int8 via the f32 2^23 magic (exact integer, so its high 16 bits are the bf16),
+ * int4 via the bf16 128-magic above and one bf16x2 subtraction of 136 (both exact). int4 group
+ * scales apply per k-step (a k-step is 128 inputs, so a group of a multiple of 128 never splits
+ * one); int8 row scales and the rmsnorm 1/rms apply at the end.
+ *
+ * Work split: a block is WARPS warps (4; 8 above 16 rows of x, so that more weight rows share one
+ * staging of x), warp w owns m-tile WARPS * blockIdx.x + w (16 weight rows; with the
+ * silu epilogue 8 gate rows as fragment rows 0-7 and the matching up rows as rows 8-15, so one
+ * lane holds both halves of an output). The k-steps are split over gridDim.y blocks that form one
+ * thread-block cluster and add their partial fragments through distributed shared memory. Each
+ * block walks its k-steps in chunks of U: it issues the chunk's 2U 16-byte weight loads per lane,
+ * stages the chunk of x (prologue applied, bf16) in shared memory, then runs the mmas. */
+#define MMA_MAX_ROWS 128 /* rows of x (16 n-tiles of 8) */
+#define MMA_MAX_CLUSTER 8
+#define MMA_TARGET_BLOCKS 264 /* two blocks an SM on the H200's 132 */
+
+template <int FMT> struct mma_fmt;
+template <> struct mma_fmt<ENG_W_BF16> {
+    static constexpr int V = 8, PAD = 32; /* pad: row stride = 64 bytes mod 128, no conflicts */
+    static __device__ __forceinline__ void dequant(uint4 q, uint32_t *p) {
+        p[0] = q.x; p[1] = q.y; p[2] = q.z; p[3] = q.w;
+    }
+};
+template <> struct mma_fmt<ENG_W_I8> {
+    static constexpr int V = 16, PAD = 8;
+    static __device__ __forceinline__ void dequant(uint4 q, uint32_t *p) {
+        uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int m = 0; m < 4; m++) {
+            uint32_t u = w[m] ^ 0x80808080u, f[4];
+#pragma unroll
+            for (int b = 0; b < 4; b++) /* 0x4B0000uu = 2^23 + (q + 128) */
+                f[b] = __float_as_uint(__uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540 + b)) -
+                                       8388736.f);
+            p[2 * m] = __byte_perm(f[0], f[1], 0x7632);
+            p[2 * m + 1] = __byte_perm(f[2], f[3], 0x7632);
+        }
+    }
+};
+template <> struct mma_fmt<ENG_W_I4> {
+    static constexpr int V = 32, PAD = 8;
+    static __device__ __forceinline__ void dequant(uint4 q, uint32_t *p) {
+        uint32_t w[4] = {q.x, q.y, q.z, q.w};
+        const __nv_bfloat162 off = __halves2bfloat162(__ushort_as_bfloat16((unsigned short)0x4308),
+                                                      __ushort_as_bfloat16((unsigned short)0x4308));
+#pragma unroll
+        for (int m = 0; m < 4; m++)
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                uint32_t v = ((w[m] >> (4 * j)) & 0x000F000Fu) | 0x43004300u; /* 128 + nibble */
+                __nv_bfloat162 h = __hsub2(*(__nv_bfloat162 *)&v, off);    /* nibble - 8 */
+                p[4 * m + j] = *(uint32_t *)&h;
+            }
+    }
+};
+
+/* Tile constants of one format and n-tile count. U (k-steps a chunk) keeps the staged x at most
+ * 32 KB; the row stride of the staged x is padded so the B reads of a quarter warp spread over
+ * the banks. */
+template <int FMT, int NT> struct mma_cfg {
+    static constexpr int V = mma_fmt<FMT>::V;   /* weight values in 16 bytes */
+    static constexpr int PAIRS = V / 2;         /* bf16x2 registers of 16 weight bytes */
+    static constexpr int KW = 4 * V;            /* inputs a k-step */
+    static constexpr int U0 = 32768 / (NT * KW * 16);
+    static constexpr int U = U0 < 1 ? 1 : U0 > 4 ? 4 : U0;
+    static constexpr int KC = U * KW;           /* inputs a chunk */
+    static constexpr int STRIDE = KC + mma_fmt<FMT>::PAD; /* bf16 a staged column */
+    static constexpr int XS = NT * 8 * STRIDE;  /* staged x, bf16 */
+    /* Warps a block (one m-tile each): more rows share one staging of x as n grows. */
+    static constexpr int WARPS = NT >= 4 ? 8 : 4;
+    static constexpr int THREADS = WARPS * 32;
+};
+
+__device__ __forceinline__ void mma_bf16(float *c, uint32_t a0, uint32_t a1, uint32_t a2,
+                                         uint32_t a3, uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&h;
+}
+
+/* Stages x[0..n)[k0, k0 + klen) (prologue applied) into xs[column][k - k0] as bf16 in the pair
+ * order of FMT; columns n..8NT are zeros. With the norm prologue also adds each column's sum of
+ * squares of raw x into s_ss. One unit = 8 inputs of one column; consecutive threads take
+ * consecutive units (coalesced 32-byte reads). */
+template <int FMT, int NT, int PRE>
+__device__ __forceinline__ void mma_stage(__nv_bfloat16 *xs, float *s_ss, const float *x,
+                                          const float *norm, int n, int in, int k0, int klen) {
+    using C = mma_cfg<FMT, NT>;
+    constexpr int UNITS_COL = C::KC / 8, PER = NT * 8 * UNITS_COL / C::THREADS;
+    constexpr int SEG = UNITS_COL < 32 ? UNITS_COL : 32; /* lanes that share a column */
+    static_assert(NT * 8 * UNITS_COL % C::THREADS == 0, "units split evenly");
+#pragma unroll 4
+    for (int i = 0; i < PER; i++) {
+        int unit = i * C::THREADS + (int)threadIdx.x;
+        int col = unit / UNITS_COL, kk = (unit % UNITS_COL) * 8;
+        float v[8], ss = 0.f;
+        bool live = col < n && kk < klen;
+#pragma unroll
+        for (int j = 0; j < 8; j++) v[j] = 0.f;
+        if (live) {
+            int k = k0 + kk;
+            if (PRE == ENG_PRE_SILU_MUL) {
+                float g[8];
+                load8(x + (size_t)col * 2 * in + k, g);
+                load8(x + (size_t)col * 2 * in + in + k, v);
+#pragma unroll
+                for (int j = 0; j < 8; j++) v[j] *= g[j] / (1.f + __expf(-g[j]));
+            } else {
+                load8(x + (size_t)col * in + k, v);
+            }
+            if (PRE == ENG_PRE_RMSNORM) {
+                float nw[8];
+                load8(norm + k, nw);
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    ss = fmaf(v[j], v[j], ss);
+                    v[j] *= nw[j];
+                }
+            }
+        }
+        if (PRE == ENG_PRE_RMSNORM) { /* whole warp: the units of a column are SEG lanes */
+#pragma unroll
+            for (int o = SEG / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+            if ((threadIdx.x % SEG) == 0 && col < n && kk < klen) atomicAdd(&s_ss[col], ss);
+        }
+        if (kk < klen) {
+            uint4 st;
+            if (FMT == ENG_W_I4) { /* x0 x4 x1 x5 x2 x6 x3 x7 */
+                st = make_uint4(pack_bf16(v[0], v[4]), pack_bf16(v[1], v[5]),
+                                pack_bf16(v[2], v[6]), pack_bf16(v[3], v[7]));
+            } else {
+                st = make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]),
+                                pack_bf16(v[4], v[5]), pack_bf16(v[6], v[7]));
+            }
+            *(uint4 *)(xs + col * C::STRIDE + kk) = st;
+        }
+    }
+}
+
+/* Writes one lane's finished fragment of n-tile j (c0..c3, see the layout above): scales, 1/rms
+ * per column (r0, r1 for columns 2t and 2t+1), the silu epilogue or the plain/accumulated store. */
+template <int FMT, int ACC, int EPI>
+__device__ __forceinline__ void mma_store(float *__restrict__ y, const float *__restrict__ scales,
+                                          const float *c, int j, int mt, int lane, int n, int out,
+                                          float r0, float r1) {
+    int g = lane / 4, col = 8 * j + 2 * (lane % 4);
+    float r[2] = {r0, r1};
+    if (EPI) {
+        int half = out / 2, o = 8 * mt + g;
+        if (o >= half) return;
+        float sg = FMT == ENG_W_I8 ? scales[o] : 1.f, su = FMT == ENG_W_I8 ? scales[half + o] : 1.f;
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            if (col + e >= n) continue;
+            float gate = c[e] * sg * r[e], up = c[2 + e] * su * r[e];
+            y[(size_t)(col + e) * half + o] = gate / (1.f + __expf(-gate)) * up;
+        }
+        return;
+    }
+    int rows[2] = {16 * mt + g, 16 * mt + g + 8};
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        if (rows[h] >= out) continue;
+        float s = FMT == ENG_W_I8 ? scales[rows[h]] : 1.f;
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            if (col + e >= n) continue;
+            float v = c[2 * h + e] * s * r[e];
+            float *dst = y + (size_t)(col + e) * out + rows[h];
+            if (ACC)
+                *dst += v;
+            else
+                *dst = v;
+        }
+    }
+}
+
+/* y[n, out] (+)= pre(x)[n, in] . W^T with tensor cores, n <= 8 NT; the layout and split are
+ * described above. Needs in % KW == 0 (and for int4 group % 128 == 0). steps_per_block: k-steps
+ * of one block of the cluster (blockIdx.y). */
+template <int FMT, int NT, int PRE, int ACC, int EPI>
+__global__ void __launch_bounds__(mma_cfg<FMT, NT>::THREADS)
+k_mma(float *__restrict__ y, const float *__restrict__ x, const uint4 *__restrict__ w,
+      const float *__restrict__ scales, int n, int out, int in, int group,
+      const float *__restrict__ norm, float eps, int steps_per_block) {
+    using C = mma_cfg<FMT, NT>;
+    constexpr int U = C::U, PAIRS = C::PAIRS, V = C::V;
+    __shared__ __align__(16) __nv_bfloat16 xs[C::XS];
+    __shared__ float s_ss[NT * 8];
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    int mt = blockIdx.x * C::WARPS + warp;
+    /* This lane's two weight rows (clamped into the matrix; the store skips rows past it). */
+    int row_g, row_g8;
+    if (EPI) {
+        int half = out / 2, o = min(8 * mt + g, half - 1);
+        row_g = o;
+        row_g8 = half + o;
+    } else {
+        row_g = min(16 * mt + g, out - 1);
+        row_g8 = min(16 * mt + g + 8, out - 1);
+    }
+    int steps = in / C::KW, s_begin = blockIdx.y * steps_per_block;
+    int s_end = min(steps, s_begin + steps_per_block);
+    size_t row_chunks = (size_t)(in / V);
+    const uint4 *wg = w + (size_t)row_g * row_chunks + t, *wg8 = w + (size_t)row_g8 * row_chunks + t;
+    int ngroups = FMT == ENG_W_I4 ? (in + group - 1) / group : 1;
+    const float *sc_g = FMT == ENG_W_I4 ? scales + (size_t)row_g * ngroups : scales;
+    const float *sc_g8 = FMT == ENG_W_I4 ? scales + (size_t)row_g8 * ngroups : scales;
+
+    uint4 q_g[U], q_g8[U];
+    float gs_g[U], gs_g8[U]; /* int4 group scales of each k-step */
+    auto load_chunk = [&](int s0) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int s = s0 + u;
+            if (s < s_end) {
+                q_g[u] = __ldg(wg + (size_t)s * 4);
+                q_g8[u] = __ldg(wg8 + (size_t)s * 4);
+                if (FMT == ENG_W_I4) {
+                    gs_g[u] = __ldg(sc_g + s * C::KW / group);
+                    gs_g8[u] = __ldg(sc_g8 + s * C::KW / group);
+                }
+            }
+        }
+    };
+    /* The weights do not depend on the previous kernel: start streaming them before waiting. */
+    pdl_trigger();
+    load_chunk(s_begin);
+    if ((int)threadIdx.x < NT * 8) s_ss[threadIdx.x] = 0.f;
+    pdl_wait();
+
+    float acc[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[j][e] = 0.f;
+
+    for (int s0 = s_begin; s0 < s_end; s0 += U) {
+        if (s0 != s_begin) load_chunk(s0);
+        __syncthreads(); /* the previous chunk's mmas are done with xs */
+        mma_stage<FMT, NT, PRE>(xs, s_ss, x, norm, n, in, s0 * C::KW,
+                                min(U, s_end - s0) * C::KW);
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (s0 + u >= s_end) break;
+            uint32_t p_g[PAIRS], p_g8[PAIRS];
+            mma_fmt<FMT>::dequant(q_g[u], p_g);
+            mma_fmt<FMT>::dequant(q_g8[u], p_g8);
+#pragma unroll
+            for (int j = 0; j < NT; j++) {
+                /* B: column 8j + g, the V inputs of lane t in k-step u of the chunk. */
+                const uint4 *xp = (const uint4 *)(xs + (8 * j + g) * C::STRIDE + u * C::KW + t * V);
+                uint32_t b[PAIRS];
+#pragma unroll
+                for (int i = 0; i < V / 8; i++) {
+                    uint4 v = xp[i];
+                    b[4 * i] = v.x; b[4 * i + 1] = v.y; b[4 * i + 2] = v.z; b[4 * i + 3] = v.w;
+                }
+                if (FMT == ENG_W_I4) { /* one group: fresh fragment, then scale per row */
+                    float part[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+                    for (int i = 0; i < PAIRS / 2; i++)
+                        mma_bf16(part, p_g[2 * i], p_g8[2 * i], p_g[2 * i + 1], p_g8[2 * i + 1],
+                                 b[2 * i], b[2 * i + 1]);
+                    acc[j][0] = fmaf(part[0], gs_g[u], acc[j][0]);
+                    acc[j][1] = fmaf(part[1], gs_g[u], acc[j][1]);
+                    acc[j][2] = fmaf(part[2], gs_g8[u], acc[j][2]);
+                    acc[j][3] = fmaf(part[3], gs_g8[u], acc[j][3]);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < PAIRS / 2; i++)
+                        mma_bf16(acc[j], p_g[2 * i], p_g8[2 * i], p_g[2 * i + 1], p_g8[2 * i + 1],
+                                 b[2 * i], b[2 * i + 1]);
+                }
+            }
+        }
+    }
+
+    int col0 = 2 * t; /* + 8j: this lane's first column in n-tile j */
+    if (gridDim.y == 1) {
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            float r0 = 1.f, r1 = 1.f;
+            if (PRE == ENG_PRE_RMSNORM) {
+                r0 = rsqrtf(s_ss[8 * j + col0] / (float)in + eps);
+                r1 = rsqrtf(s_ss[8 * j + col0 + 1] / (float)in + eps);
+            }
+            mma_store<FMT, ACC, EPI>(y, scales, acc[j], j, mt, lane, n, out, r0, r1);
+        }
+        return;
+    }
+    /* Split k: the cluster's blocks (blockIdx.y = rank) add their fragments through distributed
+     * shared memory, JG n-tiles a pass (as many as the staged-x buffer holds); rank r finishes
+     * n-tiles r, r + ranks, ... of the pass for every lane. */
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    constexpr int JG0 = C::XS * 2 / (C::THREADS * 16), JG = JG0 < NT ? JG0 : NT;
+    static_assert(JG >= 1, "the reduction reuses the staged x");
+    float4 *red = (float4 *)xs; /* [JG][THREADS] */
+    int ranks = (int)gridDim.y, rank = (int)blockIdx.y;
+#pragma unroll
+    for (int pass = 0; pass < (NT + JG - 1) / JG; pass++) {
+        if (pass == 0)
+            __syncthreads(); /* every warp is done with xs */
+        else
+            cluster.sync(); /* every rank is done reading the previous pass */
+#pragma unroll
+        for (int jj = 0; jj < JG; jj++)
+            if (pass * JG + jj < NT) {
+                const float *a = acc[pass * JG + jj];
+                red[jj * C::THREADS + threadIdx.x] = make_float4(a[0], a[1], a[2], a[3]);
+            }
+        cluster.sync();
+        for (int jj = rank; jj < JG && pass * JG + jj < NT; jj += ranks) {
+            int j = pass * JG + jj;
+            float c[4] = {0.f, 0.f, 0.f, 0.f}, ss0 = 0.f, ss1 = 0.f;
+            for (int r = 0; r < ranks; r++) {
+                float4 v = cluster.map_shared_rank(red, r)[jj * C::THREADS + threadIdx.x];
+                c[0] += v.x; c[1] += v.y; c[2] += v.z; c[3] += v.w;
+                if (PRE == ENG_PRE_RMSNORM) {
+                    const float *ss = cluster.map_shared_rank(s_ss, r);
+                    ss0 += ss[8 * j + col0];
+                    ss1 += ss[8 * j + col0 + 1];
+                }
+            }
+            float r0 = 1.f, r1 = 1.f;
+            if (PRE == ENG_PRE_RMSNORM) {
+                r0 = rsqrtf(ss0 / (float)in + eps);
+                r1 = rsqrtf(ss1 / (float)in + eps);
+            }
+            mma_store<FMT, ACC, EPI>(y, scales, c, j, mt, lane, n, out, r0, r1);
+        }
+    }
+    cluster.sync(); /* keep this block's shared memory alive until every rank has read it */
+}
+
 /* Expands an int8/int4 weight to bf16 [out, in] for the cuBLAS path. */
 __global__ void k_dequant_bf16(__nv_bfloat16 *dst, const void *w, const float *scales, int fmt,
                                int out, int in, int group) {
@@ -417,6 +786,109 @@ static int gemv_rows(eng_backend *be, float *yp, const float *xp, const eng_weig
     return 0;
 }
 
+/* VOXQ_CUDA_GEMV_OLD=1 (read once) turns the tensor-core path off: n <= 16 then takes k_gemv and
+ * larger n cuBLAS, as before it existed (A/B timing). */
+static int gemv_old(void) {
+    static int old = -1;
+    if (old < 0) {
+        const char *e = getenv("VOXQ_CUDA_GEMV_OLD");
+        old = e && *e && strcmp(e, "0") != 0;
+    }
+    return old;
+}
+
+/* Whether the tensor-core kernel takes this product: 1..128 rows of x for int8/int4; bf16 weights
+ * from 3 to 32 rows (at 1-2 rows k_gemv already streams bf16 near the copy bandwidth; above 32
+ * cuBLAS needs no staging of x per 64-128 weight rows); whole k-steps; int4 groups of a multiple
+ * of 128. */
+/* Where the tensor-core kernel is the faster one, measured on an H200 (bench_cuda_gemv, the
+ * decoder's weights in one graph; docs/perf-notes.md, session 2): bf16 from 3 to 16 rows (at 2
+ * rows the FFMA GEMV streams at 3.1 TB/s, at 32 cuBLAS wins), int8 from 3 to 64 rows (at 1-2
+ * rows the FFMA GEMV wins, 0.99 vs 1.26 ms; at 128 expanding to bf16 for cuBLAS does, 4.7 vs
+ * 6.0 ms), int4 at every row count (1 sequence: 0.86 vs 1.71 ms). */
+static int mma_path_ok(const eng_weight *w, int64_t n) {
+    if (gemv_old() || n < 1 || n > MMA_MAX_ROWS || w->out < 1) return 0;
+    switch (w->fmt) {
+    case ENG_W_BF16: return n > 2 && n <= 16 && w->in % 32 == 0;
+    case ENG_W_I8: return n > 2 && n <= 64 && w->in % 64 == 0;
+    case ENG_W_I4: return w->in % 128 == 0 && w->group > 0 && w->group % 128 == 0;
+    default: return 0;
+    }
+}
+
+/* Grid of k_mma: one block per WARPS m-tiles along x; along y the k-steps split into up to
+ * MMA_MAX_CLUSTER blocks of one cluster, enough that small matrices still fill the GPU. */
+template <int FMT, int NT, int PRE, int ACC, int EPI>
+static cudaError_t launch_mma_k(const eng_weight *w, float *y, const float *x, int n,
+                                const float *norm, float eps, cudaStream_t st) {
+    int64_t mtiles = EPI ? (w->out / 2 + 7) / 8 : (w->out + 15) / 16;
+    constexpr int WARPS = mma_cfg<FMT, NT>::WARPS;
+    int64_t mblocks = (mtiles + WARPS - 1) / WARPS;
+    int steps = (int)(w->in / mma_cfg<FMT, NT>::KW);
+    int64_t split = (MMA_TARGET_BLOCKS + mblocks - 1) / mblocks;
+    if (split > MMA_MAX_CLUSTER) split = MMA_MAX_CLUSTER;
+    if (split > steps) split = steps;
+    if (split < 1) split = 1;
+    int per = (int)((steps + split - 1) / split);
+    split = (steps + per - 1) / per; /* no block without k-steps */
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)mblocks, (unsigned)split);
+    cfg.blockDim = dim3(WARPS * 32);
+    cfg.stream = st;
+    cudaLaunchAttribute attr[2];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    attr[1].id = cudaLaunchAttributeClusterDimension;
+    attr[1].val.clusterDim.x = 1;
+    attr[1].val.clusterDim.y = (unsigned)split;
+    attr[1].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = split > 1 ? 2 : 1;
+    return cudaLaunchKernelEx(&cfg, k_mma<FMT, NT, PRE, ACC, EPI>, y, x, (const uint4 *)w->data,
+                              w->scales, n, (int)w->out, (int)w->in, w->group, norm, eps, per);
+}
+
+template <int FMT, int PRE, int ACC, int EPI>
+static cudaError_t launch_mma_nt(const eng_weight *w, float *y, const float *x, int n,
+                                 const float *norm, float eps, cudaStream_t st) {
+    if (n <= 8) return launch_mma_k<FMT, 1, PRE, ACC, EPI>(w, y, x, n, norm, eps, st);
+    if (n <= 16) return launch_mma_k<FMT, 2, PRE, ACC, EPI>(w, y, x, n, norm, eps, st);
+    if (n <= 32) return launch_mma_k<FMT, 4, PRE, ACC, EPI>(w, y, x, n, norm, eps, st);
+    if (n <= 64) return launch_mma_k<FMT, 8, PRE, ACC, EPI>(w, y, x, n, norm, eps, st);
+    return launch_mma_k<FMT, 16, PRE, ACC, EPI>(w, y, x, n, norm, eps, st);
+}
+
+template <int PRE, int ACC, int EPI>
+static cudaError_t launch_mma_fmt(const eng_weight *w, float *y, const float *x, int n,
+                                  const float *norm, float eps, cudaStream_t st) {
+    switch (w->fmt) {
+    case ENG_W_BF16: return launch_mma_nt<ENG_W_BF16, PRE, ACC, EPI>(w, y, x, n, norm, eps, st);
+    case ENG_W_I8: return launch_mma_nt<ENG_W_I8, PRE, ACC, EPI>(w, y, x, n, norm, eps, st);
+    default: return launch_mma_nt<ENG_W_I4, PRE, ACC, EPI>(w, y, x, n, norm, eps, st);
+    }
+}
+
+/* The tensor-core product for the same fused combinations as launch_gemv. */
+static int linear_mma(eng_backend *be, float *y, const float *x, const eng_weight *w, int64_t n,
+                      int pre, int acc, int post, const float *norm, float eps) {
+    cudaStream_t st = cuda_of(be)->stream;
+    int rows = (int)n;
+    cudaError_t e;
+    if (post == ENG_POST_SILU_MUL)
+        e = launch_mma_fmt<ENG_PRE_RMSNORM, 0, 1>(w, y, x, rows, norm, eps, st);
+    else if (pre == ENG_PRE_RMSNORM)
+        e = acc ? launch_mma_fmt<ENG_PRE_RMSNORM, 1, 0>(w, y, x, rows, norm, eps, st)
+                : launch_mma_fmt<ENG_PRE_RMSNORM, 0, 0>(w, y, x, rows, norm, eps, st);
+    else if (pre == ENG_PRE_SILU_MUL)
+        e = launch_mma_fmt<ENG_PRE_SILU_MUL, 1, 0>(w, y, x, rows, norm, eps, st);
+    else
+        e = acc ? launch_mma_fmt<ENG_PRE_NONE, 1, 0>(w, y, x, rows, norm, eps, st)
+                : launch_mma_fmt<ENG_PRE_NONE, 0, 0>(w, y, x, rows, norm, eps, st);
+    if (e != cudaSuccess)
+        return eng_backend_fail(be, ENG_EDEVICE, "linear: launch: %s", cudaGetErrorString(e));
+    return 0;
+}
+
 static int check_linear_args(eng_backend *be, const eng_tensor *y, const eng_tensor *x,
                              const eng_weight *w, int64_t xin) {
     int64_t n = x->shape[0];
@@ -438,6 +910,8 @@ int cuda_linear(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_w
     if (n == 0) return 0;
     const float *xp = (const float *)x->data;
     float *yp = (float *)y->data;
+    if (mma_path_ok(w, n))
+        return linear_mma(be, yp, xp, w, n, ENG_PRE_NONE, 0, ENG_POST_NONE, NULL, 0.f);
     if (n > 2 * GEMV_MAX_ROWS) return gemm_cublas(be, yp, xp, w, (int)n);
     if (!vector_path_ok(w)) {
         int blocks = (int)((w->out + GEMV_WARPS - 1) / GEMV_WARPS);
@@ -458,7 +932,8 @@ int cuda_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const en
     int combo_ok = post == ENG_POST_SILU_MUL
                        ? a->pre == ENG_PRE_RMSNORM && !a->accumulate && w->out % 2 == 0
                        : !(a->pre == ENG_PRE_SILU_MUL && !a->accumulate);
-    int fused = combo_ok && n <= 2 * GEMV_MAX_ROWS && vector_path_ok(w) &&
+    int mma = mma_path_ok(w, n);
+    int fused = combo_ok && (mma || (n <= 2 * GEMV_MAX_ROWS && vector_path_ok(w))) &&
                 (a->pre != ENG_PRE_RMSNORM || (a->norm && eng_numel(a->norm) == w->in));
     if (!fused) {
         const eng_tensor *in = x;
@@ -489,6 +964,10 @@ int cuda_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const en
                  (long long)eng_numel(x), (long long)eng_numel(y), (long long)n,
                  (long long)w->out, (long long)w->in);
     if (n == 0) return 0;
+    const float *norm = a->pre == ENG_PRE_RMSNORM ? (const float *)a->norm->data : NULL;
+    if (mma)
+        return linear_mma(be, (float *)y->data, (const float *)x->data, w, n, a->pre,
+                          a->accumulate, post, norm, a->eps);
     return gemv_rows(be, (float *)y->data, (const float *)x->data, w, n, a->pre, a->accumulate,
-                     post, a->pre == ENG_PRE_RMSNORM ? (const float *)a->norm->data : NULL, a->eps);
+                     post, norm, a->eps);
 }

@@ -24,15 +24,23 @@ __device__ __forceinline__ unsigned fkey(float f) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+/* Softmax terms computed in parallel before one thread sums them in order; more candidates
+ * than this (only with top-k off) are summed with their exps computed in the loop. */
+#define SAMPLE_EXP_CAP (SAMPLE_MAX_VOCAB / 2)
+
 struct sample_smem {
-    float sc[SAMPLE_MAX_VOCAB];   /* the channel's scores, processed in place */
-    float lc[SAMPLE_MAX_VOCAB];   /* conditional logits (kept by the guidance filter) */
+    float sc[SAMPLE_MAX_VOCAB]; /* the channel's scores, processed in place */
+    union {
+        float lc[SAMPLE_MAX_VOCAB]; /* conditional logits (until the guidance filter is done) */
+        double ex[SAMPLE_EXP_CAP];  /* then: exp terms of top-p and of the draw */
+    };
     float cval[SAMPLE_MAX_VOCAB]; /* finite candidates in index order: value */
     int cidx[SAMPLE_MAX_VOCAB];   /* ... and id */
     int order[SAMPLE_MAX_VOCAB];  /* candidate numbers sorted by (value, id) ascending */
     int hist[256];
     int warp_part[SAMPLE_WARPS];
     int res[2];
+    double dsum;
     float best_v[SAMPLE_WARPS];
     int best_i[SAMPLE_WARPS];
 };
@@ -233,6 +241,7 @@ k_sample(int32_t *picks, float *scores, const float *logits, const eng_sample_se
             }
         }
         int m = gather_finite(s, V);
+        bool par = m <= SAMPLE_EXP_CAP; /* exps in parallel, sums in the reference's order */
         if (p.top_p < 1.f && m > 1) {
             /* rank sort of the candidates by (value, id): ids are unique, ranks a permutation */
             for (int j = tid; j < m; j += SAMPLE_THREADS) {
@@ -245,14 +254,30 @@ k_sample(int32_t *picks, float *scores, const float *logits, const eng_sample_se
                 s.order[r] = j;
             }
             __syncthreads();
+            double mx = s.cval[s.order[m - 1]];
+            if (par) {
+                for (int i = tid; i < m; i += SAMPLE_THREADS)
+                    s.ex[i] = exp((double)s.cval[s.order[i]] - mx);
+                __syncthreads();
+            }
             if (tid == 0) {
-                double mx = s.cval[s.order[m - 1]], sum = 0;
-                for (int i = 0; i < m; i++) sum += exp((double)s.cval[s.order[i]] - mx);
+                double sum = 0;
+                for (int i = 0; i < m; i++)
+                    sum += par ? s.ex[i] : exp((double)s.cval[s.order[i]] - mx);
+                s.dsum = sum;
+            }
+            __syncthreads();
+            double sum = s.dsum;
+            if (par) {
+                for (int i = tid; i < m; i += SAMPLE_THREADS) s.ex[i] = s.ex[i] / sum;
+                __syncthreads();
+            }
+            if (tid == 0) {
                 float cut = (float)(1.0 - (double)p.top_p);
                 double cum = 0;
                 for (int i = 0; i < m - 1; i++) {
                     int j = s.order[i];
-                    cum += exp((double)s.cval[j] - mx) / sum;
+                    cum += par ? s.ex[i] : exp((double)s.cval[j] - mx) / sum;
                     if ((float)cum <= cut) s.sc[s.cidx[j]] = -INFINITY;
                 }
             }
@@ -269,20 +294,34 @@ k_sample(int32_t *picks, float *scores, const float *logits, const eng_sample_se
                     mxf = x;
                 }
             }
+            s.res[0] = best;
+            s.best_v[0] = mxf;
+        }
+        __syncthreads();
+        int best = s.res[0];
+        double mx = s.best_v[0];
+        if (best >= 0 && par) {
+            for (int j = tid; j < m; j += SAMPLE_THREADS) {
+                float x = s.sc[s.cidx[j]];
+                s.ex[j] = x > -INFINITY ? exp((double)x - mx) : 0.0;
+            }
+        }
+        __syncthreads();
+        if (tid == 0) {
             if (best < 0) {
                 s.res[0] = 0;
             } else {
-                double mx = mxf, total = 0;
+                double total = 0;
                 for (int j = 0; j < m; j++) {
                     float x = s.sc[s.cidx[j]];
-                    if (x > -INFINITY) total += exp((double)x - mx);
+                    if (x > -INFINITY) total += par ? s.ex[j] : exp((double)x - mx);
                 }
                 double target = eng_rng_uniform(p.seed, p.step, ch) * total, cum = 0;
                 int last = best, got = -1;
                 for (int j = 0; j < m && got < 0; j++) {
                     float x = s.sc[s.cidx[j]];
                     if (!(x > -INFINITY)) continue;
-                    cum += exp((double)x - mx);
+                    cum += par ? s.ex[j] : exp((double)x - mx);
                     last = s.cidx[j];
                     if (cum > target) got = last;
                 }

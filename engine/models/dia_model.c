@@ -190,15 +190,12 @@ static int decoder_ops(dia_model *m, int rows, eng_error *err) {
     for (int l = 0; l < c->dec_layers; l++) {
         dia_dec_layer *L = &m->dec[l];
         /* self-attention over this row's cache, RoPE at the frame's position, GQA */
-        int rc = norm_linear(m, &q, &x, &h, &L->pre_sa_norm, c->dec_norm_eps, &L->sa_q,
-                             "self q_proj", l, err);
-        if (!rc)
-            rc = norm_linear(m, &k, &x, &h, &L->pre_sa_norm, c->dec_norm_eps, &L->sa_k,
-                             "self k_proj", l, err);
-        if (!rc)
-            rc = norm_linear(m, &v, &x, &h, &L->pre_sa_norm, c->dec_norm_eps, &L->sa_v,
-                             "self v_proj", l, err);
-        if (rc) return rc;
+        eng_tensor *qkv[3] = {&q, &k, &v};
+        const eng_weight *wqkv[3] = {&L->sa_q, &L->sa_k, &L->sa_v};
+        eng_linear_args na = {ENG_PRE_RMSNORM, &L->pre_sa_norm, c->dec_norm_eps, 0, &h, NULL,
+                              ENG_POST_NONE};
+        OP(eng_linear_group(m->be, 3, qkv, &x, wqkv, &na), "self q/k/v_proj", l);
+        int rc;
         OP(eng_rope_kv_write(m->be, &q3, &k3, &v3, &pos, c->dec_rope_theta, &L->self_kv, &slot),
            "self rope + K/V write", l);
         OP(eng_attention(m->be, &att3, &q3, &L->self_kv, &slot, &len, NULL, 1.0f), "self attention",

@@ -109,121 +109,210 @@ static void quantize_rows(const float *w, int64_t out, int64_t in, eng_wfmt fmt,
     }
 }
 
-static void check_linear(eng_wfmt fmt, int64_t n, int64_t out, int64_t in) {
+/* A host weight of the given format made from random f32 values (bf16 rounded or quantized per
+ * row / per group of 128); *owned and *scales are the host buffers to free. */
+static eng_weight make_host_weight(eng_wfmt fmt, int64_t out, int64_t in, void **owned,
+                                   float **scales) {
     float *wf = rand_array((size_t)(out * in), 0.05f);
-    float *x = rand_array((size_t)(n * in), 1.0f);
     eng_weight host = {fmt, out, in, fmt == ENG_W_I4 ? 128 : 0, NULL, NULL};
-    void *owned = NULL;
-    float *scales = NULL;
+    *owned = NULL;
+    *scales = NULL;
     if (fmt == ENG_W_BF16) {
         uint16_t *b = malloc((size_t)(out * in) * 2);
         for (int64_t i = 0; i < out * in; i++) b[i] = eng_f32_to_bf16(wf[i]);
-        owned = b;
+        *owned = b;
     } else {
-        quantize_rows(wf, out, in, fmt, 128, &owned, &scales);
+        quantize_rows(wf, out, in, fmt, 128, owned, scales);
     }
-    host.data = owned;
-    host.scales = scales;
-    eng_weight wc, wg;
+    free(wf);
+    host.data = *owned;
+    host.scales = *scales;
+    return host;
+}
+
+/* Whether the CUDA product rounds x to bf16 (tensor cores or cuBLAS, f32 accumulation either
+ * way): every n > 16, and the tensor-core path on whole k-steps (bf16 weights from 3 rows with
+ * in % 32 == 0, int8 from 3 rows with in % 64 == 0, int4 with in % 128 == 0; mma_path_ok in
+ * engine/cuda/cuda_linear.cu). Otherwise the GEMV keeps f32 activations. */
+static int bf16_activations(eng_wfmt fmt, int64_t n, int64_t in) {
+    if (n > 16) return 1;
+    switch (fmt) {
+    case ENG_W_BF16: return n > 2 && in % 32 == 0;
+    case ENG_W_I8: return n > 2 && in % 64 == 0;
+    default: return in % 128 == 0;
+    }
+}
+
+/* eng_linear on both backends for each row count in ns, one weight. Tolerances: f32 activations
+ * 2e-4 + 1e-4 relative; bf16 activations |err| ~ 2^-8 * sum|w x|, so 2e-2 + 1e-2 relative. */
+static void check_linear_rows(eng_wfmt fmt, int64_t out, int64_t in, const int64_t *ns,
+                              size_t count) {
+    void *owned;
+    float *scales;
+    eng_weight host = make_host_weight(fmt, out, in, &owned, &scales), wc, wg;
     ASSERT_OK(cpu->ops->weight_load(cpu, &host, &wc));
     ASSERT_OK(gpu->ops->weight_load(gpu, &host, &wg));
-    int64_t xs[2] = {n, in}, ys[2] = {n, out};
-    pair px = make_pair(x, ENG_DT_F32, 2, xs), py = make_pair(NULL, ENG_DT_F32, 2, ys);
-    ASSERT_OK(eng_linear(cpu, &py.c, &px.c, &wc));
-    ASSERT_OK(eng_linear(gpu, &py.g, &px.g, &wg));
-    char what[96];
-    snprintf(what, sizeof what, "linear %s n=%lld [%lld,%lld]", eng_wfmt_name(fmt), (long long)n,
-             (long long)out, (long long)in);
-    /* The cuBLAS path (n > 16) rounds activations to bf16: |err| ~ 2^-8 * sum|w x|. */
-    double atol = n > 16 ? 2e-2 : 2e-4, rtol = n > 16 ? 1e-2 : 1e-4;
-    int bad = same(what, &py, atol, rtol);
+    int bad = 0;
+    for (size_t k = 0; k < count && !bad; k++) {
+        int64_t n = ns[k], xs[2] = {n, in}, ys[2] = {n, out};
+        float *x = rand_array((size_t)(n * in), 1.0f);
+        pair px = make_pair(x, ENG_DT_F32, 2, xs), py = make_pair(NULL, ENG_DT_F32, 2, ys);
+        ASSERT_OK(eng_linear(cpu, &py.c, &px.c, &wc));
+        ASSERT_OK(eng_linear(gpu, &py.g, &px.g, &wg));
+        char what[96];
+        snprintf(what, sizeof what, "linear %s n=%lld [%lld,%lld]", eng_wfmt_name(fmt),
+                 (long long)n, (long long)out, (long long)in);
+        int coarse = bf16_activations(fmt, n, in);
+        bad = same(what, &py, coarse ? 2e-2 : 2e-4, coarse ? 1e-2 : 1e-4);
+        free_pair(&px);
+        free_pair(&py);
+        free(x);
+    }
     cpu->ops->weight_release(cpu, &wc);
     gpu->ops->weight_release(gpu, &wg);
-    free_pair(&px);
-    free_pair(&py);
     free(owned);
     free(scales);
-    free(wf);
-    free(x);
     ASSERT_EQ(bad, 0);
 }
+
+static const eng_wfmt all_fmts[] = {ENG_W_BF16, ENG_W_I8, ENG_W_I4};
 
 TEST(linear_all_formats) {
     const int64_t shapes[][2] = {{64, 64}, {512, 2048}, {2048, 1024}, {96, 8192}, {33, 96}};
     const int64_t ns[] = {1, 2, 3, 8, 9, 17, 40};
-    const eng_wfmt fmts[] = {ENG_W_BF16, ENG_W_I8, ENG_W_I4};
     for (size_t f = 0; f < 3; f++)
-        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
-            for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
-                check_linear(fmts[f], ns[k], shapes[s][0], shapes[s][1]);
-                if (test_failed_) return;
-            }
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            check_linear_rows(all_fmts[f], shapes[s][0], shapes[s][1], ns, 7);
+            if (test_failed_) return;
+        }
 }
 
-/* The fused linear (norm prologue, silu*up prologue, residual accumulate) against the CPU's
- * composition of plain ops, for the decoder's shapes and a few row counts. */
-static void check_linear_ex(eng_wfmt fmt, int pre, int acc, int post, int64_t n, int64_t out,
-                            int64_t in) {
-    float *wf = rand_array((size_t)(out * in), 0.05f);
-    int64_t xin = pre == ENG_PRE_SILU_MUL ? 2 * in : in;
-    float *x = rand_array((size_t)(n * xin), 2.0f), *nw = rand_array((size_t)in, 1.0f);
-    float *y0 = rand_array((size_t)(n * out), 1.0f);
-    eng_weight host = {fmt, out, in, fmt == ENG_W_I4 ? 128 : 0, NULL, NULL};
-    void *owned = NULL;
-    float *scales = NULL;
-    if (fmt == ENG_W_BF16) {
-        uint16_t *b = malloc((size_t)(out * in) * 2);
-        for (int64_t i = 0; i < out * in; i++) b[i] = eng_f32_to_bf16(wf[i]);
-        owned = b;
-    } else {
-        quantize_rows(wf, out, in, fmt, 128, &owned, &scales);
-    }
-    host.data = owned;
-    host.scales = scales;
-    eng_weight wc, wg;
+/* The tensor-core path: every n-tile count (1..16 tiles of 8 rows, partial ones included), the
+ * k split over a cluster (small out), one block per column of m-tiles (large out), m-tiles cut by
+ * the end of the matrix (100, 9252) and shapes it leaves to the GEMV or cuBLAS (in = 96; n > 128). */
+TEST(linear_tensor_core_rows) {
+    const int64_t shapes[][2] = {{512, 2048}, {9252, 2048}, {100, 256}, {100, 96}, {48, 128}};
+    const int64_t ns[] = {1, 2, 3, 8, 16, 32, 128, 5, 24, 65, 130};
+    for (size_t f = 0; f < 3; f++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+            check_linear_rows(all_fmts[f], shapes[s][0], shapes[s][1], ns, 11);
+            if (test_failed_) return;
+        }
+}
+
+/* The fused linear (norm prologue, silu*up prologue, residual accumulate, silu*up epilogue)
+ * against the CPU's composition of plain ops, for each row count in ns, one weight. */
+static void check_linear_ex_rows(eng_wfmt fmt, int pre, int acc, int post, int64_t out,
+                                 int64_t in, const int64_t *ns, size_t count) {
+    void *owned;
+    float *scales;
+    eng_weight host = make_host_weight(fmt, out, in, &owned, &scales), wc, wg;
     ASSERT_OK(cpu->ops->weight_load(cpu, &host, &wc));
     ASSERT_OK(gpu->ops->weight_load(gpu, &host, &wg));
+    int64_t xin = pre == ENG_PRE_SILU_MUL ? 2 * in : in;
     int64_t yout = post == ENG_POST_SILU_MUL ? out / 2 : out;
-    int64_t xs[2] = {n, xin}, ys[2] = {n, yout}, ns[1] = {in}, ts[2] = {n, in}, os[2] = {n, out};
-    pair px = make_pair(x, ENG_DT_F32, 2, xs), py = make_pair(y0, ENG_DT_F32, 2, ys);
-    pair pn = make_pair(nw, ENG_DT_F32, 1, ns);
-    pair ti = make_pair(NULL, ENG_DT_F32, 2, ts), to = make_pair(NULL, ENG_DT_F32, 2, os);
-    eng_linear_args ac = {pre, &pn.c, 1e-5f, acc, &ti.c, &to.c, post};
-    eng_linear_args ag = {pre, &pn.g, 1e-5f, acc, &ti.g, &to.g, post};
-    ASSERT_OK(eng_linear_ex(cpu, &py.c, &px.c, &wc, &ac));
-    ASSERT_OK(eng_linear_ex(gpu, &py.g, &px.g, &wg, &ag));
-    char what[112];
-    snprintf(what, sizeof what, "linear_ex %s pre=%d acc=%d post=%d n=%lld [%lld,%lld]",
-             eng_wfmt_name(fmt), pre, acc, post, (long long)n, (long long)out, (long long)in);
-    double atol = n > 16 ? 3e-2 : 5e-4, rtol = n > 16 ? 1e-2 : 2e-4;
-    int bad = same(what, &py, atol, rtol);
+    float *nw = rand_array((size_t)in, 1.0f);
+    int64_t nsh[1] = {in};
+    pair pn = make_pair(nw, ENG_DT_F32, 1, nsh);
+    int bad = 0;
+    for (size_t k = 0; k < count && !bad; k++) {
+        int64_t n = ns[k];
+        float *x = rand_array((size_t)(n * xin), 2.0f), *y0 = rand_array((size_t)(n * yout), 1.0f);
+        int64_t xs[2] = {n, xin}, ys[2] = {n, yout}, ts[2] = {n, in}, os[2] = {n, out};
+        pair px = make_pair(x, ENG_DT_F32, 2, xs), py = make_pair(y0, ENG_DT_F32, 2, ys);
+        pair ti = make_pair(NULL, ENG_DT_F32, 2, ts), to = make_pair(NULL, ENG_DT_F32, 2, os);
+        eng_linear_args ac = {pre, &pn.c, 1e-5f, acc, &ti.c, &to.c, post};
+        eng_linear_args ag = {pre, &pn.g, 1e-5f, acc, &ti.g, &to.g, post};
+        ASSERT_OK(eng_linear_ex(cpu, &py.c, &px.c, &wc, &ac));
+        ASSERT_OK(eng_linear_ex(gpu, &py.g, &px.g, &wg, &ag));
+        char what[112];
+        snprintf(what, sizeof what, "linear_ex %s pre=%d acc=%d post=%d n=%lld [%lld,%lld]",
+                 eng_wfmt_name(fmt), pre, acc, post, (long long)n, (long long)out, (long long)in);
+        int coarse = bf16_activations(fmt, n, in);
+        bad = same(what, &py, coarse ? 3e-2 : 5e-4, coarse ? 1e-2 : 2e-4);
+        free_pair(&px); free_pair(&py); free_pair(&ti); free_pair(&to);
+        free(x); free(y0);
+    }
     cpu->ops->weight_release(cpu, &wc);
     gpu->ops->weight_release(gpu, &wg);
-    free_pair(&px); free_pair(&py); free_pair(&pn); free_pair(&ti); free_pair(&to);
-    free(owned); free(scales); free(wf); free(x); free(nw); free(y0);
+    free_pair(&pn);
+    free(owned); free(scales); free(nw);
     ASSERT_EQ(bad, 0);
 }
 
+static void check_linear_ex(eng_wfmt fmt, int pre, int acc, int post, int64_t n, int64_t out,
+                            int64_t in) {
+    check_linear_ex_rows(fmt, pre, acc, post, out, in, &n, 1);
+}
+
 TEST(linear_ex_fused_prologues) {
-    const eng_wfmt fmts[] = {ENG_W_BF16, ENG_W_I8, ENG_W_I4};
     const int64_t ns[] = {1, 2, 5, 20};
     for (size_t f = 0; f < 3; f++)
         for (int pre = 0; pre < 3; pre++)
-            for (int acc = 0; acc < 2; acc++)
-                for (size_t k = 0; k < 4; k++) {
-                    int64_t out = pre == ENG_PRE_SILU_MUL ? 256 : 1024;
-                    int64_t in = pre == ENG_PRE_SILU_MUL ? 1024 : 512;
-                    check_linear_ex(fmts[f], pre, acc, ENG_POST_NONE, ns[k], out, in);
-                    if (test_failed_) return;
-                }
-    for (size_t f = 0; f < 3; f++) /* gate_up: norm prologue, silu*up epilogue */
-        for (size_t k = 0; k < 4; k++) {
-            check_linear_ex(fmts[f], ENG_PRE_RMSNORM, 0, ENG_POST_SILU_MUL, ns[k], 1024, 512);
-            if (test_failed_) return;
-            check_linear_ex(fmts[f], ENG_PRE_RMSNORM, 0, ENG_POST_SILU_MUL, ns[k], 4096, 256);
-            if (test_failed_) return;
-        }
+            for (int acc = 0; acc < 2; acc++) {
+                int64_t out = pre == ENG_PRE_SILU_MUL ? 256 : 1024;
+                int64_t in = pre == ENG_PRE_SILU_MUL ? 1024 : 512;
+                check_linear_ex_rows(all_fmts[f], pre, acc, ENG_POST_NONE, out, in, ns, 4);
+                if (test_failed_) return;
+            }
+    for (size_t f = 0; f < 3; f++) { /* gate_up: norm prologue, silu*up epilogue */
+        check_linear_ex_rows(all_fmts[f], ENG_PRE_RMSNORM, 0, ENG_POST_SILU_MUL, 1024, 512, ns, 4);
+        if (test_failed_) return;
+        check_linear_ex_rows(all_fmts[f], ENG_PRE_RMSNORM, 0, ENG_POST_SILU_MUL, 4096, 256, ns, 4);
+        if (test_failed_) return;
+    }
     check_linear_ex(ENG_W_BF16, ENG_PRE_RMSNORM, 0, ENG_POST_NONE, 2, 64, 64); /* composed */
+}
+
+/* The decoder's fused products on its shapes, every format and the row counts of 1..64
+ * sequences with CFG: attention input (norm), k/v, o and cross o (residual), down (silu*mul
+ * prologue + residual), gate_up (norm + silu*up epilogue), plus cut tiles (out 100 / 200). */
+TEST(linear_ex_decoder_shapes) {
+    const int64_t ns[] = {1, 2, 3, 8, 16, 32, 128};
+    for (size_t f = 0; f < 3; f++) {
+        eng_wfmt fmt = all_fmts[f];
+        check_linear_ex_rows(fmt, ENG_PRE_RMSNORM, 0, ENG_POST_NONE, 512, 2048, ns, 7);
+        if (test_failed_) return;
+        check_linear_ex_rows(fmt, ENG_PRE_NONE, 1, ENG_POST_NONE, 2048, 2048, ns, 7);
+        if (test_failed_) return;
+        check_linear_ex_rows(fmt, ENG_PRE_RMSNORM, 1, ENG_POST_NONE, 100, 256, ns, 7);
+        if (test_failed_) return;
+        check_linear_ex_rows(fmt, ENG_PRE_SILU_MUL, 1, ENG_POST_NONE, 2048, 8192, ns, 7);
+        if (test_failed_) return;
+        check_linear_ex_rows(fmt, ENG_PRE_RMSNORM, 0, ENG_POST_SILU_MUL, 16384, 2048, ns, 7);
+        if (test_failed_) return;
+        check_linear_ex_rows(fmt, ENG_PRE_RMSNORM, 0, ENG_POST_SILU_MUL, 200, 256, ns, 7);
+        if (test_failed_) return;
+    }
+}
+
+/* The tensor-core path inside a captured graph (k split over a cluster: out = 512), replayed
+ * with new inputs. */
+TEST(linear_tensor_core_graph_replay) {
+    int64_t n = 8, in = 2048, out = 512;
+    void *owned;
+    float *scales;
+    eng_weight host = make_host_weight(ENG_W_I4, out, in, &owned, &scales), wc, wg;
+    ASSERT_OK(cpu->ops->weight_load(cpu, &host, &wc));
+    ASSERT_OK(gpu->ops->weight_load(gpu, &host, &wg));
+    int64_t xs[2] = {n, in}, ys[2] = {n, out};
+    pair px = make_pair(NULL, ENG_DT_F32, 2, xs), py = make_pair(NULL, ENG_DT_F32, 2, ys);
+    ASSERT_OK(gpu->ops->graph_begin(gpu));
+    ASSERT_OK(eng_linear(gpu, &py.g, &px.g, &wg));
+    ASSERT_OK(gpu->ops->graph_end(gpu, 3));
+    for (int round = 0; round < 3; round++) {
+        float *x = rand_array((size_t)(n * in), 1.f);
+        memcpy(px.c.data, x, px.bytes);
+        ASSERT_OK(eng_upload(gpu, px.g.data, x, px.bytes));
+        ASSERT_OK(gpu->ops->graph_launch(gpu, 3));
+        ASSERT_OK(eng_linear(cpu, &py.c, &px.c, &wc));
+        ASSERT_EQ(same("tensor-core graph replay", &py, 2e-2, 1e-2), 0);
+        free(x);
+    }
+    gpu->ops->weight_release(gpu, &wg);
+    cpu->ops->weight_release(cpu, &wc);
+    free_pair(&px); free_pair(&py);
+    free(owned); free(scales);
 }
 
 TEST(f32_weights_become_bf16) {
@@ -356,7 +445,9 @@ TEST(embed_sum_channels) {
     free(table); free(tb);
 }
 
-/* Rows with their own slot and length (GQA or not), with or without a key mask. */
+/* Rows with their own slot and length (GQA or not), with or without a key mask. Row i has slot
+ * (7 i) % slots and length 1 + (977 i + len_off) % longest (longest <= max_len), so lengths
+ * differ from row to row, row 0 has 1 key when len_off is 0, and few are multiples of a split. */
 static void check_attention_lens(eng_dtype kv_dt, int qh, int kvh, int hd, int slots, int max_len,
                                  int n, int use_mask, int longest, int len_off) {
     size_t kvn = (size_t)slots * max_len * kvh * hd;

@@ -8,6 +8,7 @@ set -u
 cd "$(dirname "$0")/../.."
 G=.devbuild/gpu
 export LD_LIBRARY_PATH="$PWD/$G:${LD_LIBRARY_PATH:-}"
+for z in "$G"/*.gz; do [ -f "$z" ] && gunzip -f "$z" && chmod +x "${z%.gz}"; done
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 what=${*:-ops gemv steps peers full}

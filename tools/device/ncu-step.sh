@@ -7,6 +7,7 @@ set -u
 cd "$(dirname "$0")/../.."
 G=.devbuild/gpu
 export LD_LIBRARY_PATH="$PWD/$G:${LD_LIBRARY_PATH:-}"
+for z in "$G"/*.gz; do [ -f "$z" ] && gunzip -f "$z" && chmod +x "${z%.gz}"; done
 OUT=${OUT:-/tmp/out}
 fmt=${1:-bf16}; seqs=${2:-1}
 ctl=""; [ "${3:-}" = warm ] && ctl="--cache-control none --clock-control none"

@@ -7,9 +7,12 @@ set -eu
 cd "$(dirname "$0")/../.."
 b=${1:-.devbuild/cuda}
 g=.devbuild/gpu
+rm -rf "$g"
 mkdir -p "$g"
-cp "$b/engine/voxq-bench" "$b/tests/cuda/test_cuda_ops" "$b/tests/cuda/test_cuda_sample" \
-    "$b/tests/cuda/bench_cuda_gemv" "$g/"
+for f in "$b/engine/voxq-bench" "$b/tests/cuda/test_cuda_ops" "$b/tests/cuda/test_cuda_sample" \
+    "$b/tests/cuda/bench_cuda_gemv"; do
+    gzip -c "$f" > "$g/$(basename "$f").gz"
+done
 cp -L /usr/lib/x86_64-linux-gnu/libcjson.so.1 "$g/"
 [ -f ../shared/tools/peer_baselines.py ] && cp ../shared/tools/peer_baselines.py "$g/"
 du -sh "$g"
