@@ -5,6 +5,7 @@
  * each K/V byte once per row; everything else (the encoder's masked F32 prefill, other head
  * dims) takes the general kernel. */
 #include <float.h>
+#include <stdlib.h>
 #include <math.h>
 
 #include "engine/cuda/cuda_internal.h"
@@ -274,7 +275,8 @@ template <int G>
 __global__ void __launch_bounds__(DEC_WARPS * 32, G >= 8 ? 2 : 4)
 k_attention_decode(float *out, const float *q, const uint4 *kc, const uint4 *vc,
                    const int32_t *slot, const int32_t *len, int qh, int kvh, int slots,
-                   int max_len, float qscale, int splits, float *ws_part, int *ws_count) {
+                   int max_len, float qscale, int splits, int min_chunk, float *ws_part,
+                   int *ws_count) {
     constexpr int U = DEC_U(G), V = U * G, PART = DEC_HD + 2;
     const unsigned full = 0xffffffffu;
     __shared__ __align__(16) float s_acc[DEC_WARPS][G][DEC_HD]; /* each warp's weighted V */
@@ -300,7 +302,7 @@ k_attention_decode(float *out, const float *q, const uint4 *kc, const uint4 *vc,
     }
     L = (s < 0 || s >= slots) ? 0 : min(max(L, 0), max_len);
     int chunk = (L + splits - 1) / splits;
-    chunk = max((chunk + DEC_CHUNK - 1) / DEC_CHUNK, 1) * DEC_CHUNK;
+    chunk = max((chunk + min_chunk - 1) / min_chunk, 1) * min_chunk;
     const int active = (L + chunk - 1) / chunk;
     float *orow = out + ((size_t)row * qh + (size_t)kh * G) * DEC_HD;
     if (split >= active) {
@@ -492,6 +494,20 @@ static int decode_group_size(const eng_tensor *out, const eng_tensor *q, const e
     return g == 1 || g == 2 || g == 4 || g == 8 ? g : 0;
 }
 
+/* Fewest positions a split takes (a multiple of DEC_CHUNK): DEC_CHUNK, or VOXQ_ATT_MIN_CHUNK
+ * read once (for A/B timing: fewer, longer splits trade parallelism for the merge's round
+ * trips). */
+static int decode_min_chunk(void) {
+    static int chunk;
+    if (!chunk) {
+        const char *e = getenv("VOXQ_ATT_MIN_CHUNK");
+        long v = e ? strtol(e, NULL, 10) : DEC_CHUNK;
+        if (v < DEC_CHUNK || v > 4096) v = DEC_CHUNK;
+        chunk = (int)((v + DEC_CHUNK - 1) / DEC_CHUNK * DEC_CHUNK);
+    }
+    return chunk;
+}
+
 static int attention_decode(eng_backend *be, eng_tensor *out, const eng_tensor *q,
                             const eng_kv *kv, const eng_tensor *slot, const eng_tensor *len,
                             float scale, int g) {
@@ -502,7 +518,8 @@ static int attention_decode(eng_backend *be, eng_tensor *out, const eng_tensor *
      * the store's capacity (the device cuts the real length), and a merge of at most
      * DEC_MAX_SPLITS partials. Depends on shapes only, so captured steps replay. */
     int64_t want = ((int64_t)DEC_BLOCKS_PER_SM * c->sm_count + groups - 1) / groups;
-    int64_t most = (kv->max_len + DEC_CHUNK - 1) / DEC_CHUNK;
+    int min_chunk = decode_min_chunk();
+    int64_t most = (kv->max_len + min_chunk - 1) / min_chunk;
     int64_t splits = want < most ? want : most;
     if (splits > DEC_MAX_SPLITS) splits = DEC_MAX_SPLITS;
     if (splits < 2 || (size_t)(n * qh) * splits * (DEC_HD + 2) * 4 > c->att_part_bytes ||
@@ -516,7 +533,7 @@ static int attention_decode(eng_backend *be, eng_tensor *out, const eng_tensor *
     k_attention_decode<GG><<<grid, DEC_WARPS * 32, 0, c->stream>>>(                                \
         (float *)out->data, (const float *)q->data, (const uint4 *)kv->k, (const uint4 *)kv->v,    \
         (const int32_t *)slot->data, (const int32_t *)len->data, qh, kv->heads, kv->slots,         \
-        kv->max_len, qscale, (int)splits, c->att_part, c->att_count)
+        kv->max_len, qscale, (int)splits, min_chunk, c->att_part, c->att_count)
     switch (g) {
     case 1: DEC_LAUNCH(1); break;
     case 2: DEC_LAUNCH(2); break;
