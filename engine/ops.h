@@ -184,6 +184,13 @@ typedef struct eng_backend_ops {
     int (*rope_kv_write)(eng_backend *be, eng_tensor *q, eng_tensor *k, const eng_tensor *v,
                          const eng_tensor *pos, float theta, eng_kv *kv, const eng_tensor *slot);
 
+    /* Optional fused decoder self-attention: rope_kv_write(q, k, v, pos, theta, kv, slot) then
+     * attention(out, q, kv, slot, len, NULL, scale), one launch where the backend can; q's
+     * contents afterwards are unspecified (NULL: eng_rope_attention composes the two). */
+    int (*rope_attention)(eng_backend *be, eng_tensor *out, eng_tensor *q, eng_tensor *k,
+                          const eng_tensor *v, const eng_tensor *pos, float theta, eng_kv *kv,
+                          const eng_tensor *slot, const eng_tensor *len, float scale);
+
     /* Optional: per-op device time since the last call, as JSON {"total_ms", "ops": [{"op",
      * "calls", "ms", "share"}]} (CUDA with VOXQ_CUDA_PROFILE=1; steps then run uncaptured). */
     int (*profile_json)(eng_backend *be, char *buf, size_t cap);
@@ -244,6 +251,13 @@ int eng_linear_group(eng_backend *be, int count, eng_tensor *const *y, const eng
  * backend has it, else rope, rope, kv_write. */
 int eng_rope_kv_write(eng_backend *be, eng_tensor *q, eng_tensor *k, const eng_tensor *v,
                       const eng_tensor *pos, float theta, eng_kv *kv, const eng_tensor *slot);
+
+/* A decoder's self-attention after its q/k/v products: RoPE at pos, this step's K/V into the
+ * store at (slot, pos), attention over len positions; out [n, qh, hd]. One kernel where the
+ * backend has it, else eng_rope_kv_write then attention. q is scratch afterwards. */
+int eng_rope_attention(eng_backend *be, eng_tensor *out, eng_tensor *q, eng_tensor *k,
+                       const eng_tensor *v, const eng_tensor *pos, float theta, eng_kv *kv,
+                       const eng_tensor *slot, const eng_tensor *len, float scale);
 
 /* Sets be->err/errstr and returns code (for backend implementations). */
 int eng_backend_fail(eng_backend *be, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));

@@ -62,3 +62,12 @@ int eng_rope_kv_write(eng_backend *be, eng_tensor *q, eng_tensor *k, const eng_t
     if (!rc) rc = be->ops->kv_write(be, kv, slot, pos, k, v);
     return rc;
 }
+
+int eng_rope_attention(eng_backend *be, eng_tensor *out, eng_tensor *q, eng_tensor *k,
+                       const eng_tensor *v, const eng_tensor *pos, float theta, eng_kv *kv,
+                       const eng_tensor *slot, const eng_tensor *len, float scale) {
+    if (be->ops->rope_attention)
+        return be->ops->rope_attention(be, out, q, k, v, pos, theta, kv, slot, len, scale);
+    int rc = eng_rope_kv_write(be, q, k, v, pos, theta, kv, slot);
+    return rc ? rc : be->ops->attention(be, out, q, kv, slot, len, NULL, scale);
+}

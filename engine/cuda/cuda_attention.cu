@@ -271,12 +271,28 @@ __device__ __forceinline__ float half_warp_sum_scatter(float (&v)[V], int lane) 
     return r;
 }
 
-template <int G>
+/* The fused variant's inputs (ROPE): the step's k and v [n, kvh, 128] before RoPE, the rows'
+ * positions and the RoPE base. */
+struct dec_rope_args {
+    const float *k, *v;
+    const int32_t *pos;
+    float theta;
+};
+
+/* cos and sin of RoPE's angle for dim d (half-split rotation over 128 dims) at position p, in
+ * the same expressions as k_rope_kv. */
+__device__ __forceinline__ void rope_cs(int d, int p, float theta, float *c, float *s) {
+    int i = d % (DEC_HD / 2);
+    float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)DEC_HD);
+    sincosf((float)p * inv_freq, s, c);
+}
+
+template <int G, bool ROPE>
 __global__ void __launch_bounds__(DEC_WARPS * 32, G >= 8 ? 2 : 4)
 k_attention_decode(float *out, const float *q, const uint4 *kc, const uint4 *vc,
                    const int32_t *slot, const int32_t *len, int qh, int kvh, int slots,
                    int max_len, float qscale, int splits, int min_chunk, float *ws_part,
-                   int *ws_count) {
+                   int *ws_count, dec_rope_args ra) {
     constexpr int U = DEC_U(G), V = U * G, PART = DEC_HD + 2;
     const unsigned full = 0xffffffffu;
     __shared__ __align__(16) float s_acc[DEC_WARPS][G][DEC_HD]; /* each warp's weighted V */
@@ -305,6 +321,37 @@ k_attention_decode(float *out, const float *q, const uint4 *kc, const uint4 *vc,
     chunk = max((chunk + min_chunk - 1) / min_chunk, 1) * min_chunk;
     const int active = (L + chunk - 1) / chunk;
     float *orow = out + ((size_t)row * qh + (size_t)kh * G) * DEC_HD;
+    if (ROPE) {
+        /* RoPE on q: lane j holds dims 8j..8j+7, its rotation partner (d +- 64) is lane j ^ 8 */
+        const int p = ra.pos[row];
+        float cs[8], sn[8];
+#pragma unroll
+        for (int i = 0; i < 8; i++) rope_cs(8 * j + i, p, ra.theta, &cs[i], &sn[i]);
+#pragma unroll
+        for (int g = 0; g < G; g++)
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                float a = qv[g][i], o = __shfl_xor_sync(0xffffffffu, a, 8);
+                qv[g][i] = j < 8 ? a * cs[i] - o * sn[i] : a * cs[i] + o * sn[i];
+            }
+        /* the block whose split holds position p (split 0 when no split reads it) rotates this
+         * step's k, writes k and v into the store, and reads them back after the barrier */
+        const int wsplit = p >= 0 && p < L ? p / chunk : 0;
+        if (split == wsplit) {
+            if (s >= 0 && s < slots && p >= 0 && p < max_len) {
+                const int d = threadIdx.x; /* one thread per dim */
+                const float *kr = ra.k + ((size_t)row * kvh + kh) * DEC_HD;
+                float a = kr[d], o = kr[d ^ (DEC_HD / 2)], c, sv;
+                rope_cs(d, p, ra.theta, &c, &sv);
+                float rot = d < DEC_HD / 2 ? a * c - o * sv : a * c + o * sv;
+                size_t dst = (((size_t)s * max_len + p) * kvh + kh) * DEC_HD + d;
+                ((__nv_bfloat16 *)kc)[dst] = __float2bfloat16_rn(rot);
+                ((__nv_bfloat16 *)vc)[dst] =
+                    __float2bfloat16_rn(ra.v[((size_t)row * kvh + kh) * DEC_HD + d]);
+            }
+            __syncthreads();
+        }
+    }
     if (split >= active) {
         if (split == 0) /* no keys (len 0): zeros, like the CPU op */
             for (int i = threadIdx.x; i < G * DEC_HD; i += blockDim.x) orow[i] = 0.f;
@@ -330,8 +377,8 @@ k_attention_decode(float *out, const float *q, const uint4 *kc, const uint4 *vc,
 #pragma unroll
         for (int u = 0; u < U; u++) { /* past p1: reload the last position, scored -inf below */
             size_t off = head0 + (size_t)min(base + 2 * u + half, p1 - 1) * pstride;
-            kr[u] = __ldg(kc + off);
-            vr[u] = __ldg(vc + off);
+            kr[u] = ROPE ? kc[off] : __ldg(kc + off); /* fused: sees its own store write */
+            vr[u] = ROPE ? vc[off] : __ldg(vc + off);
         }
         float sc[V]; /* partial dot products over this lane's dims, index u * G + g */
 #pragma unroll
@@ -494,14 +541,17 @@ static int decode_group_size(const eng_tensor *out, const eng_tensor *q, const e
     return g == 1 || g == 2 || g == 4 || g == 8 ? g : 0;
 }
 
-/* Fewest positions a split takes (a multiple of DEC_CHUNK): DEC_CHUNK, or VOXQ_ATT_MIN_CHUNK
- * read once (for A/B timing: fewer, longer splits trade parallelism for the merge's round
- * trips). */
+/* Fewest positions a split takes (a multiple of DEC_CHUNK): DEC_MIN_CHUNK, or
+ * VOXQ_ATT_MIN_CHUNK read once (A/B timing: fewer, longer splits trade parallelism for the
+ * merge's round trips). 128 measured best on the H200 at 2-128 rows and 128-position texts
+ * (int8 steps: 16 seqs 2.38 / 2.34 / 2.27 ms and 64 seqs 6.46 / 6.37 / 6.31 ms for 32 / 64 /
+ * 128; one sequence unchanged). */
+#define DEC_MIN_CHUNK 128
 static int decode_min_chunk(void) {
     static int chunk;
     if (!chunk) {
         const char *e = getenv("VOXQ_ATT_MIN_CHUNK");
-        long v = e ? strtol(e, NULL, 10) : DEC_CHUNK;
+        long v = e ? strtol(e, NULL, 10) : DEC_MIN_CHUNK;
         if (v < DEC_CHUNK || v > 4096) v = DEC_CHUNK;
         chunk = (int)((v + DEC_CHUNK - 1) / DEC_CHUNK * DEC_CHUNK);
     }
@@ -510,7 +560,7 @@ static int decode_min_chunk(void) {
 
 static int attention_decode(eng_backend *be, eng_tensor *out, const eng_tensor *q,
                             const eng_kv *kv, const eng_tensor *slot, const eng_tensor *len,
-                            float scale, int g) {
+                            float scale, int g, const dec_rope_args *rope) {
     cuda_impl *c = cuda_of(be);
     int64_t n = q->shape[0], groups = n * kv->heads;
     int qh = (int)q->shape[1];
@@ -529,16 +579,26 @@ static int attention_decode(eng_backend *be, eng_tensor *out, const eng_tensor *
                  (long long)n, kv->heads);
     dim3 grid((unsigned)groups, (unsigned)splits);
     float qscale = scale * 1.4426950408889634f; /* log2(e): the kernel uses exp2 */
-#define DEC_LAUNCH(GG)                                                                             \
-    k_attention_decode<GG><<<grid, DEC_WARPS * 32, 0, c->stream>>>(                                \
+    dec_rope_args ra = rope ? *rope : dec_rope_args{NULL, NULL, NULL, 0.f};
+#define DEC_LAUNCH(GG, R)                                                                          \
+    k_attention_decode<GG, R><<<grid, DEC_WARPS * 32, 0, c->stream>>>(                             \
         (float *)out->data, (const float *)q->data, (const uint4 *)kv->k, (const uint4 *)kv->v,    \
         (const int32_t *)slot->data, (const int32_t *)len->data, qh, kv->heads, kv->slots,         \
-        kv->max_len, qscale, (int)splits, min_chunk, c->att_part, c->att_count)
-    switch (g) {
-    case 1: DEC_LAUNCH(1); break;
-    case 2: DEC_LAUNCH(2); break;
-    case 4: DEC_LAUNCH(4); break;
-    default: DEC_LAUNCH(8); break;
+        kv->max_len, qscale, (int)splits, min_chunk, c->att_part, c->att_count, ra)
+    if (rope) {
+        switch (g) {
+        case 1: DEC_LAUNCH(1, true); break;
+        case 2: DEC_LAUNCH(2, true); break;
+        case 4: DEC_LAUNCH(4, true); break;
+        default: DEC_LAUNCH(8, true); break;
+        }
+    } else {
+        switch (g) {
+        case 1: DEC_LAUNCH(1, false); break;
+        case 2: DEC_LAUNCH(2, false); break;
+        case 4: DEC_LAUNCH(4, false); break;
+        default: DEC_LAUNCH(8, false); break;
+        }
     }
 #undef DEC_LAUNCH
     CU_LAUNCHED(be);
@@ -558,7 +618,7 @@ int cuda_attention(eng_backend *be, eng_tensor *out, const eng_tensor *q, const 
     int64_t n = q->shape[0];
     if (!n) return 0;
     int g = decode_group_size(out, q, kv, key_mask);
-    if (g) return attention_decode(be, out, q, kv, slot, len, scale, g);
+    if (g) return attention_decode(be, out, q, kv, slot, len, scale, g, NULL);
     cuda_impl *c = cuda_of(be);
     int qh = (int)q->shape[1], hd = kv->head_dim;
     int64_t rows = n * qh;
@@ -586,4 +646,27 @@ int cuda_attention(eng_backend *be, eng_tensor *out, const eng_tensor *q, const 
 #undef ATT_LAUNCH
     CU_LAUNCHED(be);
     return 0;
+}
+
+/* RoPE + K/V write + attention in the decode kernel when it applies (no mask, BF16 store, head
+ * dim 128): the block that covers a row's position writes its K/V before reading it, the others
+ * rotate their copy of q in registers (q in memory is left as it was). Otherwise the two ops. */
+int cuda_rope_attention(eng_backend *be, eng_tensor *out, eng_tensor *q, eng_tensor *k,
+                        const eng_tensor *v, const eng_tensor *pos, float theta, eng_kv *kv,
+                        const eng_tensor *slot, const eng_tensor *len, float scale) {
+    int64_t n = q->shape[0];
+    int g = decode_group_size(out, q, kv, NULL);
+    int fused = g && k->dtype == ENG_DT_F32 && v->dtype == ENG_DT_F32 &&
+                eng_numel(k) == n * kv->heads * DEC_HD && eng_numel(v) == eng_numel(k) &&
+                pos->dtype == ENG_DT_I32 && eng_numel(pos) == n && slot->dtype == ENG_DT_I32 &&
+                eng_numel(slot) == n && len->dtype == ENG_DT_I32 && eng_numel(len) == n &&
+                q->ndim == 3 && q->shape[2] == DEC_HD && eng_numel(out) == eng_numel(q);
+    if (!fused) {
+        int rc = cuda_rope_kv_write(be, q, k, v, pos, theta, kv, slot);
+        return rc ? rc : cuda_attention(be, out, q, kv, slot, len, NULL, scale);
+    }
+    if (!n) return 0;
+    dec_rope_args ra = {(const float *)k->data, (const float *)v->data,
+                        (const int32_t *)pos->data, theta};
+    return attention_decode(be, out, q, kv, slot, len, scale, g, &ra);
 }

@@ -340,10 +340,12 @@ static eng_backend_ops make_ops(void) {
     o.weight_release = cuda_weight_release;
     o.linear = cuda_linear;
     o.linear_ex = cuda_linear_ex;
+    o.linear_group = cuda_linear_group;
     o.rmsnorm = cuda_rmsnorm;
     o.add = cuda_add;
     o.rope = cuda_rope;
     o.rope_kv_write = cuda_rope_kv_write;
+    o.rope_attention = cuda_rope_attention;
     o.silu_mul = cuda_silu_mul;
     o.embed_sum = cuda_embed_sum;
     o.kv_write = cuda_kv_write;
@@ -359,6 +361,7 @@ static eng_backend_ops make_ops(void) {
     o.graph_reset = cuda_graph_reset;
     if (cuda_profile_enabled()) {
         cuda_profile_install(&o);
+        o.linear_group = NULL; /* profiled as its parts (one linear+rmsnorm per weight) */
         o.profile_json = cuda_profile_json;
     }
     return o;

@@ -101,12 +101,17 @@ int cuda_linear(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_w
 int cuda_linear_reserve(eng_backend *be, const eng_weight *w);
 int cuda_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w,
                    const eng_linear_args *a);
+int cuda_linear_group(eng_backend *be, int count, eng_tensor *const *y, const eng_tensor *x,
+                      const eng_weight *const *w, const eng_linear_args *a);
 int cuda_rmsnorm(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *weight,
                  float eps);
 int cuda_add(eng_backend *be, eng_tensor *y, const eng_tensor *a);
 int cuda_rope(eng_backend *be, eng_tensor *x, const eng_tensor *pos, float theta);
 int cuda_rope_kv_write(eng_backend *be, eng_tensor *q, eng_tensor *k, const eng_tensor *v,
                        const eng_tensor *pos, float theta, eng_kv *kv, const eng_tensor *slot);
+int cuda_rope_attention(eng_backend *be, eng_tensor *out, eng_tensor *q, eng_tensor *k,
+                        const eng_tensor *v, const eng_tensor *pos, float theta, eng_kv *kv,
+                        const eng_tensor *slot, const eng_tensor *len, float scale);
 int cuda_silu_mul(eng_backend *be, eng_tensor *y, const eng_tensor *gu);
 int cuda_embed_sum(eng_backend *be, eng_tensor *y, const eng_tensor *table, const eng_tensor *ids,
                    int channel_stride);

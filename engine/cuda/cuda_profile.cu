@@ -129,6 +129,7 @@ void cuda_profile_install(eng_backend_ops *o) {
     o->add = p_add;
     o->rope = p_rope;
     o->rope_kv_write = NULL; /* profiled as its parts */
+    o->rope_attention = NULL;
     o->silu_mul = p_silu;
     o->embed_sum = p_embed;
     o->kv_write = p_kv_write;

@@ -196,10 +196,9 @@ static int decoder_ops(dia_model *m, int rows, eng_error *err) {
                               ENG_POST_NONE};
         OP(eng_linear_group(m->be, 3, qkv, &x, wqkv, &na), "self q/k/v_proj", l);
         int rc;
-        OP(eng_rope_kv_write(m->be, &q3, &k3, &v3, &pos, c->dec_rope_theta, &L->self_kv, &slot),
-           "self rope + K/V write", l);
-        OP(eng_attention(m->be, &att3, &q3, &L->self_kv, &slot, &len, NULL, 1.0f), "self attention",
-           l);
+        OP(eng_rope_attention(m->be, &att3, &q3, &k3, &v3, &pos, c->dec_rope_theta, &L->self_kv,
+                              &slot, &len, 1.0f),
+           "self rope + K/V write + attention", l);
         rc = linear_add(m, &x, &tmp, &att, &L->sa_o, "self o_proj", l, err);
         /* cross-attention over the row's prompt (cond or unconditional), no RoPE */
         if (!rc)

@@ -425,6 +425,71 @@ TEST(rope_kv_write_fused) {
     free(q); free(k); free(v); free(zero);
 }
 
+/* The fused decoder self-attention (RoPE + K/V write + attention in the decode kernel) against
+ * the two ops it replaces, on the GPU with identical BF16 stores of random history: same
+ * output, same store. Shapes: GQA 16/4 at short and long positions (several splits), and 16/16. */
+static void check_rope_attention(int qh, int kvh, int slots, int max_len, int n,
+                                 const int32_t *pos, const int32_t *slot) {
+    int64_t hd = 128;
+    size_t kvn = (size_t)slots * max_len * kvh * hd, qn = (size_t)n * qh * hd;
+    size_t kn = (size_t)n * kvh * hd;
+    float *q = rand_array(qn, 1.f), *k = rand_array(kn, 1.f), *v = rand_array(kn, 1.f);
+    float *hist = rand_array(kvn, 1.f);
+    uint16_t *hb = malloc(kvn * 2);
+    for (size_t i = 0; i < kvn; i++) hb[i] = eng_f32_to_bf16(hist[i]);
+    int32_t len[8];
+    for (int i = 0; i < n; i++) len[i] = pos[i] + 1;
+    void *d[12] = {0};
+    size_t sizes[12] = {qn * 4, qn * 4, kn * 4, kn * 4, kn * 4, (size_t)n * 4, (size_t)n * 4,
+                        (size_t)n * 4, kvn * 2, kvn * 2, kvn * 2, kvn * 2};
+    for (int i = 0; i < 12; i++) ASSERT_OK(eng_alloc(gpu, sizes[i], &d[i]));
+    const void *src[12] = {q, q, k, k, v, pos, slot, len, hb, hb, hb, hb};
+    for (int i = 0; i < 12; i++) ASSERT_OK(eng_upload(gpu, d[i], src[i], sizes[i]));
+    eng_tensor q1 = eng_view3(d[0], ENG_DT_F32, n, qh, hd), q2 = eng_view3(d[1], ENG_DT_F32, n, qh, hd);
+    eng_tensor k1 = eng_view3(d[2], ENG_DT_F32, n, kvh, hd), k2 = eng_view3(d[3], ENG_DT_F32, n, kvh, hd);
+    eng_tensor tv = eng_view3(d[4], ENG_DT_F32, n, kvh, hd);
+    eng_tensor tp = eng_view1(d[5], ENG_DT_I32, n), ts = eng_view1(d[6], ENG_DT_I32, n);
+    eng_tensor tl = eng_view1(d[7], ENG_DT_I32, n);
+    eng_kv sa = {d[8], d[9], ENG_DT_BF16, slots, max_len, kvh, (int)hd};
+    eng_kv sb = {d[10], d[11], ENG_DT_BF16, slots, max_len, kvh, (int)hd};
+    int64_t os[3] = {n, qh, hd};
+    pair oa = make_pair(NULL, ENG_DT_F32, 3, os), ob = make_pair(NULL, ENG_DT_F32, 3, os);
+    ASSERT_OK(eng_rope_kv_write(gpu, &q1, &k1, &tv, &tp, 10000.f, &sa, &ts));
+    ASSERT_OK(eng_attention(gpu, &oa.g, &q1, &sa, &ts, &tl, NULL, 0.0883883f));
+    ASSERT_TRUE(gpu->ops->rope_attention != NULL);
+    ASSERT_OK(eng_rope_attention(gpu, &ob.g, &q2, &k2, &tv, &tp, 10000.f, &sb, &ts, &tl,
+                                 0.0883883f));
+    ASSERT_OK(eng_sync(gpu));
+    float *a = malloc(qn * 4), *b = malloc(qn * 4);
+    eng_download(gpu, a, oa.g.data, qn * 4);
+    eng_download(gpu, b, ob.g.data, qn * 4);
+    char what[96];
+    snprintf(what, sizeof what, "rope_attention %d/%d n=%d out", qh, kvh, n);
+    ASSERT_EQ(test_compare_f32(what, b, a, qn, 1e-5, 1e-4), 0);
+    uint16_t *ga = malloc(kvn * 2), *gb = malloc(kvn * 2);
+    float *wa = malloc(kvn * 4), *wb = malloc(kvn * 4);
+    for (int st = 0; st < 2; st++) {
+        eng_download(gpu, ga, st ? d[9] : d[8], kvn * 2);
+        eng_download(gpu, gb, st ? d[11] : d[10], kvn * 2);
+        for (size_t i = 0; i < kvn; i++) wa[i] = eng_bf16_to_f32(ga[i]), wb[i] = eng_bf16_to_f32(gb[i]);
+        snprintf(what, sizeof what, "rope_attention %d/%d n=%d %s store", qh, kvh, n, st ? "v" : "k");
+        ASSERT_EQ(test_compare_f32(what, wb, wa, kvn, 1e-2, 8e-3), 0);
+    }
+    for (int i = 0; i < 12; i++) eng_free(gpu, d[i]);
+    free_pair(&oa); free_pair(&ob);
+    free(q); free(k); free(v); free(hist); free(hb); free(a); free(b);
+    free(ga); free(gb); free(wa); free(wb);
+}
+
+TEST(rope_attention_fused) {
+    const int32_t pos1[4] = {0, 1, 150, 299}, slot1[4] = {0, 1, 2, 4};
+    check_rope_attention(16, 4, 5, 300, 4, pos1, slot1);
+    const int32_t pos2[2] = {2000, 977}, slot2[2] = {1, 0};
+    check_rope_attention(16, 4, 2, 3073, 2, pos2, slot2);
+    const int32_t pos3[2] = {63, 64}, slot3[2] = {0, 1};
+    check_rope_attention(16, 16, 2, 128, 2, pos3, slot3);
+}
+
 TEST(embed_sum_channels) {
     int64_t V = 1028, C = 9, d = 256, n = 4;
     float *table = rand_array((size_t)(V * C * d), 1.f);
