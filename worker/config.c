@@ -43,7 +43,7 @@ static const setting settings[] = {
     {"--worker-id", "VOXQ_WORKER_ID", T_STR, "", OFF(worker_id), 0, 0,
      "unique worker id (default host:pid:random)"},
     {"--concurrency", "VOXQ_CONCURRENCY", T_INT, "1", OFF(concurrency), 1, 256,
-     "jobs held at once (engine queue + quantize jobs)"},
+     "jobs held at once; synthesis jobs decode together, one batched step for all"},
     {"--drain-s", "VOXQ_DRAIN_S", T_INT, "25", OFF(drain_s), 0, 86400,
      "on SIGTERM, seconds to finish running jobs before requeueing them"},
     {"--stall-s", "VOXQ_STALL_S", T_INT, "120", OFF(stall_s), 1, 86400,

@@ -79,6 +79,7 @@ typedef struct worker_task {
     /* daemon-private */
     void *owner;
     int64_t started_mono;
+    int64_t admitted_mono;      /* when the engine thread took it */
     struct worker_task *next;
 } worker_task;
 
@@ -91,8 +92,19 @@ int worker_task_fail(worker_task *t, const char *code, int permanent, const char
 typedef struct worker_engine worker_engine;
 struct worker_engine {
     const char *name;
-    /* Runs t to completion on the engine thread: fills pcm or the error fields. */
+    /* Runs t to completion on the engine thread: fills pcm or the error fields. Used when the
+     * engine has no batched interface (admit == NULL). */
     int (*run)(worker_engine *e, worker_task *t);
+    /* Batched interface (continuous batching), all on the engine thread; NULL where the engine
+     * runs one task at a time. admit() starts t alongside the tasks in flight (at most
+     * max_active): 0, or -1 with t's error fields set (t is then finished). step() advances
+     * every task in flight by one unit of work (one decoder step for all of them together)
+     * and moves those that finished, done or failed, to finished[] (cap >= max_active);
+     * returns how many. active() counts the tasks in flight. */
+    int max_active;
+    int (*admit)(worker_engine *e, worker_task *t);
+    int (*step)(worker_engine *e, worker_task **finished, int cap);
+    int (*active)(worker_engine *e);
     /* Between jobs, on the engine thread: e.g. switch to a variant that just appeared. */
     void (*idle)(worker_engine *e);
     /* Memory figures for /metrics (any thread; may be approximate). */

@@ -5,7 +5,12 @@
  * `auto` takes int8 when a valid one is in the store, else original. With VOXQ_AUTO_QUANTIZE=1
  * and no int8 yet, the daemon enqueues the quantize job once, this engine serves the original
  * meanwhile and, between jobs (idle), looks for the int8 variant every few seconds and switches
- * to it when it appears - no restart. Jobs run one at a time through dia_generate. */
+ * to it when it appears - no restart (only while no job is in flight).
+ *
+ * Continuous batching: up to VOXQ_CONCURRENCY jobs are in flight; each decoder step advances
+ * all of them in one batched pass (dia_step), a new job joins at the next step after its
+ * encoder pass, a finished one leaves through the codec. On the CPU backend a job's codes do
+ * not depend on what shares its steps. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +25,13 @@
 #define SWITCH_POLL_MS 5000
 #define DEFAULT_CODEC "dac-44khz"
 
+/* A task in flight: its sequence and how far it may go. */
+typedef struct dia_job {
+    worker_task *t;
+    dia_seq *seq;
+    int steps, max_steps;
+} dia_job;
+
 typedef struct dia_engine {
     worker_engine base;         /* first: the daemon sees a worker_engine */
     store st;
@@ -29,6 +41,9 @@ typedef struct dia_engine {
     dia_model *dia;
     dac_model *dac;
     int64_t last_poll;
+    dia_job *jobs;   /* [base.max_active] in flight, the first n_jobs used */
+    int n_jobs;
+    dia_seq **step_seqs; /* [base.max_active] scratch for dia_step */
 } dia_engine;
 
 static int64_t now_ms(void) {
@@ -37,18 +52,9 @@ static int64_t now_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-typedef struct progress_ctx {
-    worker_task *t;
-} progress_ctx;
-
-static int on_step(void *user, int steps, int max_steps) {
-    progress_ctx *pc = user;
-    if (max_steps > 0) atomic_store(&pc->t->permille, (int)(1000LL * steps / max_steps));
-    worker_task_touch(pc->t);
-    return atomic_load(&pc->t->cancel) != 0;
-}
-
-static int dia_run(worker_engine *base, worker_task *t) {
+/* Checks t against the loaded model, tokenizes it and starts its sequence (the encoder pass):
+ * the task joins the next decoder step. */
+static int dia_admit(worker_engine *base, worker_task *t) {
     dia_engine *e = (dia_engine *)base;
     if (!e->dia)
         return worker_task_fail(t, "engine_error", 0, "no model is loaded (a variant switch "
@@ -57,6 +63,8 @@ static int dia_run(worker_engine *base, worker_task *t) {
         return worker_task_fail(t, "variant_unavailable", 1,
                                 "field 'variant': this worker serves %s/%s, not '%s'",
                                 e->model_name, base->variant, t->variant);
+    if (e->n_jobs >= base->max_active)
+        return worker_task_fail(t, "engine_error", 0, "%d tasks already in flight", e->n_jobs);
     const dac_config *ccfg = dac_model_config(e->dac);
     double frames_per_s = (double)ccfg->sampling_rate / ccfg->hop_length;
     dia_gen_params p;
@@ -77,35 +85,103 @@ static int dia_run(worker_engine *base, worker_task *t) {
         queue_random_hex(hex);
         p.seed = strtoull(hex + 16, NULL, 16);
     }
-    progress_ctx pc = {t};
-    dia_result res = {0};
+    int32_t ids[DIA_MAX_TEXT];
+    int n = 0;
     eng_error err = {0};
-    int rc = dia_generate(e->dia, t->text, t->text_len, &p, &res, on_step, &pc, NULL, &err);
-    if (rc == ENG_ECANCELLED || (rc != 0 && atomic_load(&t->cancel))) {
-        t->cancelled = 1;
-        return worker_task_fail(t, "cancelled", 1, "cancelled");
-    }
-    if (rc != 0)
+    dia_seq *seq = NULL;
+    int rc = dia_tokenize(t->text, t->text_len, ids, dia_model_opts(e->dia)->max_text, &n, &err);
+    if (!rc) rc = dia_seq_start(e->dia, ids, n, &p, &seq, &err);
+    if (rc)
         return worker_task_fail(t, rc == ENG_EINVAL ? "invalid_input" : "engine_error",
                                 rc == ENG_EINVAL, "%s", err.msg);
+    int limit = dia_model_opts(e->dia)->max_frames - 1;
+    e->jobs[e->n_jobs++] = (dia_job){t, seq, 0, p.max_new_tokens < limit ? p.max_new_tokens : limit};
     worker_task_touch(t);
-    int64_t n = dac_samples(e->dac, res.n_frames);
+    if (base->max_active > 1)
+        fprintf(stderr, "voxq worker: job %s: decoding, %d of %d in flight\n", t->id, e->n_jobs,
+                base->max_active);
+    return 0;
+}
+
+static int dia_active(worker_engine *base) {
+    return ((dia_engine *)base)->n_jobs;
+}
+
+/* Codes of a finished sequence through the codec into t->pcm. */
+static int finish_audio(dia_engine *e, dia_job *j) {
+    worker_task *t = j->t;
+    eng_error err = {0};
+    int frames = 0;
+    dia_seq_codes(j->seq, NULL, 0, &frames, NULL);
+    int channels = dia_model_config(e->dia)->channels;
+    int32_t *codes = malloc((size_t)(frames ? frames : 1) * (size_t)channels * sizeof *codes);
+    if (!codes) return worker_task_fail(t, "out_of_memory", 0, "no memory for %d frames", frames);
+    if (dia_seq_codes(j->seq, codes, frames, &frames, &err)) {
+        free(codes);
+        return worker_task_fail(t, "engine_error", 0, "%s", err.msg);
+    }
+    const dac_config *ccfg = dac_model_config(e->dac);
+    int64_t n = dac_samples(e->dac, frames);
     t->pcm = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
     if (!t->pcm) {
-        dia_result_free(&res);
+        free(codes);
         return worker_task_fail(t, "out_of_memory", 0, "no memory for %lld samples",
                                 (long long)n);
     }
-    rc = dac_decode(e->dac, res.codes, res.n_frames, t->pcm, &err);
-    t->steps = res.steps;
-    dia_result_free(&res);
+    int rc = dac_decode(e->dac, codes, frames, t->pcm, &err);
+    free(codes);
+    t->steps = j->steps;
     if (rc != 0) return worker_task_fail(t, "engine_error", 0, "codec: %s", err.msg);
     t->n_samples = n;
     t->sample_rate = ccfg->sampling_rate;
-    pthread_mutex_lock(&base->lock);
-    snprintf(t->variant_used, sizeof t->variant_used, "%s", base->variant);
-    pthread_mutex_unlock(&base->lock);
+    pthread_mutex_lock(&e->base.lock);
+    snprintf(t->variant_used, sizeof t->variant_used, "%s", e->base.variant);
+    pthread_mutex_unlock(&e->base.lock);
     return 0;
+}
+
+/* One decoder step for every task in flight; cancelled tasks leave first, finished ones go
+ * through the codec and leave after the step. A failed step fails every task in it (their
+ * sequences may be half-advanced; retrying elsewhere is the safe answer). */
+static int dia_step_all(worker_engine *base, worker_task **finished, int cap) {
+    dia_engine *e = (dia_engine *)base;
+    int nfin = 0;
+    for (int i = 0; i < e->n_jobs && nfin < cap;) {
+        dia_job *j = &e->jobs[i];
+        if (atomic_load(&j->t->cancel)) {
+            j->t->cancelled = 1;
+            worker_task_fail(j->t, "cancelled", 1, "cancelled after %d steps", j->steps);
+            dia_seq_release(e->dia, j->seq);
+            finished[nfin++] = j->t;
+            e->jobs[i] = e->jobs[--e->n_jobs];
+            continue;
+        }
+        e->step_seqs[i] = j->seq;
+        i++;
+    }
+    if (!e->n_jobs) return nfin;
+    eng_error err = {0};
+    int rc = dia_step(e->dia, e->step_seqs, e->n_jobs, &err);
+    for (int i = 0; i < e->n_jobs && nfin < cap;) {
+        dia_job *j = &e->jobs[i];
+        worker_task_touch(j->t);
+        if (rc) {
+            worker_task_fail(j->t, "engine_error", 0, "%s", err.msg);
+        } else {
+            j->steps++;
+            if (j->max_steps > 0)
+                atomic_store(&j->t->permille, (int)(1000LL * j->steps / j->max_steps));
+            if (!dia_seq_done(j->seq)) {
+                i++;
+                continue;
+            }
+            finish_audio(e, j);
+        }
+        dia_seq_release(e->dia, j->seq);
+        finished[nfin++] = j->t;
+        e->jobs[i] = e->jobs[--e->n_jobs];
+    }
+    return nfin;
 }
 
 static int load_dia(dia_engine *e, const char *variant, char *errbuf, size_t n) {
@@ -117,7 +193,7 @@ static int load_dia(dia_engine *e, const char *variant, char *errbuf, size_t n) 
     }
     dia_model *m = NULL;
     dia_load_opts lo = {0};
-    lo.max_batch = 1;
+    lo.max_batch = e->base.max_active;
     if (dia_model_load(&m, e->be, dir, &lo, &err) != 0) {
         snprintf(errbuf, n, "loading %s/%s: %s", e->model_name, variant, err.msg);
         return -1;
@@ -167,6 +243,10 @@ static void dia_mem_(worker_engine *base, size_t *weights, size_t *peak, size_t 
 
 static void dia_destroy(worker_engine *base) {
     dia_engine *e = (dia_engine *)base;
+    for (int i = 0; i < e->n_jobs; i++)
+        dia_seq_release(e->dia, e->jobs[i].seq);
+    free(e->jobs);
+    free(e->step_seqs);
     dia_model_free(e->dia);
     dac_model_free(e->dac);
     eng_backend_free(e->be);
@@ -204,7 +284,16 @@ int worker_dia_engine_new(worker_engine **out, const worker_config *cfg, int *wa
     }
     pthread_mutex_init(&e->base.lock, NULL);
     e->base.name = "dia";
-    e->base.run = dia_run;
+    e->base.max_active = cfg->concurrency > 0 ? cfg->concurrency : 1;
+    e->base.admit = dia_admit;
+    e->base.step = dia_step_all;
+    e->base.active = dia_active;
+    e->jobs = calloc((size_t)e->base.max_active, sizeof *e->jobs);
+    e->step_seqs = calloc((size_t)e->base.max_active, sizeof *e->step_seqs);
+    if (!e->jobs || !e->step_seqs) {
+        snprintf(errbuf, 512, "out of memory");
+        goto fail;
+    }
     e->base.idle = dia_idle;
     e->base.mem = dia_mem_;
     e->base.destroy = dia_destroy;
@@ -268,8 +357,8 @@ int worker_dia_engine_new(worker_engine **out, const worker_config *cfg, int *wa
                  dia_model_config(e->dia)->channels);
         goto fail;
     }
-    fprintf(stderr, "voxq worker: loaded %s/%s with codec %s on %s: %s\n", cfg->model, variant,
-            codec, e->be->ops->name, why);
+    fprintf(stderr, "voxq worker: loaded %s/%s with codec %s on %s (up to %d jobs per step): %s\n",
+            cfg->model, variant, codec, e->be->ops->name, e->base.max_active, why);
     *out = &e->base;
     return 0;
 fail:

@@ -1,5 +1,7 @@
 /* scheduler.c - the engine thread: takes synthesis tasks in order, runs them on the engine and
- * hands each finished task back to the libuv loop through uv_async_send.
+ * hands each finished task back to the libuv loop through uv_async_send. An engine with the
+ * batched interface runs up to max_active tasks together (continuous batching: tasks join and
+ * leave between decoder steps); others run one task at a time.
  *
  * The engine thread never touches Redis, files or the loop's handles; the loop thread never
  * waits for the engine. The progress stamp is how the loop tells a slow job from a hung device:
@@ -41,23 +43,88 @@ void worker_task_free(worker_task *t) {
     free(t);
 }
 
-static void *engine_main(void *arg) {
+/* Hands a finished task to the loop thread (called with s->mu unlocked). */
+static void finish(worker_sched *s, worker_task *t) {
+    if (t->rc != 0 && atomic_load(&t->cancel)) t->cancelled = 1;
+    t->gen_ms = (double)(worker_mono_ms() - t->admitted_mono);
+    pthread_mutex_lock(&s->mu);
+    t->next = s->done;
+    s->done = t;
+    uv_async_send(&s->async);
+    pthread_mutex_unlock(&s->mu);
+}
+
+/* Waits for work while nothing is in flight, giving the engine its idle calls; returns with
+ * s->mu held, 1 when asked to stop. */
+static int wait_for_work(worker_sched *s, int in_flight) {
+    while (!s->stop && !s->todo && !in_flight) {
+        /* Wake up now and then while idle so the engine can switch variants between jobs. */
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 1;
+        pthread_cond_timedwait(&s->cv, &s->mu, &until);
+        if (!s->stop && !s->todo && s->engine->idle) {
+            pthread_mutex_unlock(&s->mu);
+            s->engine->idle(s->engine);
+            pthread_mutex_lock(&s->mu);
+        }
+    }
+    return s->stop;
+}
+
+/* Continuous batching: new tasks join the ones in flight between steps, finished ones leave
+ * after the step that finished them, so a long job never holds up a short one. */
+static void *engine_main_batched(void *arg) {
     worker_sched *s = arg;
+    worker_engine *e = s->engine;
+    worker_task **fin = calloc((size_t)(e->max_active > 0 ? e->max_active : 1), sizeof *fin);
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        while (!s->stop && !s->todo) {
-            /* Wake up now and then while idle so the engine can switch variants between jobs. */
-            struct timespec until;
-            clock_gettime(CLOCK_REALTIME, &until);
-            until.tv_sec += 1;
-            pthread_cond_timedwait(&s->cv, &s->mu, &until);
-            if (!s->stop && !s->todo && s->engine->idle) {
-                pthread_mutex_unlock(&s->mu);
-                s->engine->idle(s->engine);
-                pthread_mutex_lock(&s->mu);
+        int in_flight = e->active(e);
+        if (wait_for_work(s, in_flight)) break;
+        while (s->todo && in_flight < e->max_active) {
+            worker_task *t = s->todo;
+            s->todo = t->next;
+            if (!s->todo) s->todo_tail = NULL;
+            t->next = NULL;
+            pthread_mutex_unlock(&s->mu);
+            t->stamp = &s->stamp;
+            t->admitted_mono = worker_mono_ms();
+            atomic_store(&s->stamp, t->admitted_mono);
+            atomic_store(&s->busy, 1);
+            if (atomic_load(&t->cancel)) {
+                t->cancelled = 1;
+                t->rc = -1;
+                finish(s, t);
+            } else if (e->admit(e, t) != 0) {
+                if (t->rc == 0) worker_task_fail(t, "engine_error", 0, "engine failed to start");
+                finish(s, t);
+            } else {
+                in_flight++;
             }
+            pthread_mutex_lock(&s->mu);
         }
-        if (s->stop) break;
+        pthread_mutex_unlock(&s->mu);
+        if (in_flight > 0 && fin) {
+            atomic_store(&s->busy, 1);
+            int n = e->step(e, fin, e->max_active);
+            for (int i = 0; i < n; i++) finish(s, fin[i]);
+            atomic_store(&s->stamp, worker_mono_ms());
+        }
+        if (e->active(e) == 0) atomic_store(&s->busy, 0);
+        pthread_mutex_lock(&s->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    free(fin);
+    return NULL;
+}
+
+static void *engine_main(void *arg) {
+    worker_sched *s = arg;
+    if (s->engine->admit) return engine_main_batched(arg);
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        if (wait_for_work(s, 0)) break;
         worker_task *t = s->todo;
         s->todo = t->next;
         if (!s->todo) s->todo_tail = NULL;
@@ -65,24 +132,19 @@ static void *engine_main(void *arg) {
         pthread_mutex_unlock(&s->mu);
 
         t->stamp = &s->stamp;
-        atomic_store(&s->stamp, worker_mono_ms());
+        t->admitted_mono = worker_mono_ms();
+        atomic_store(&s->stamp, t->admitted_mono);
         atomic_store(&s->busy, 1);
-        int64_t t0 = worker_mono_ms();
         if (atomic_load(&t->cancel)) {
             t->cancelled = 1;
             t->rc = -1;
         } else if (s->engine->run(s->engine, t) != 0 && t->rc == 0) {
             worker_task_fail(t, "engine_error", 0, "engine failed without a message");
         }
-        if (t->rc != 0 && atomic_load(&t->cancel)) t->cancelled = 1;
-        t->gen_ms = (double)(worker_mono_ms() - t0);
         atomic_store(&s->busy, 0);
         atomic_store(&s->stamp, worker_mono_ms());
-
+        finish(s, t);
         pthread_mutex_lock(&s->mu);
-        t->next = s->done;
-        s->done = t;
-        uv_async_send(&s->async);
     }
     pthread_mutex_unlock(&s->mu);
     return NULL;
