@@ -72,6 +72,25 @@ static int wait_for_work(worker_sched *s, int in_flight) {
     return s->stop;
 }
 
+/* Pops the next task (s->mu held on entry, released on return) and marks the engine busy with
+ * it; a task cancelled while it waited comes back already finished (rc -1, cancelled). */
+static worker_task *take(worker_sched *s) {
+    worker_task *t = s->todo;
+    s->todo = t->next;
+    if (!s->todo) s->todo_tail = NULL;
+    t->next = NULL;
+    pthread_mutex_unlock(&s->mu);
+    t->stamp = &s->stamp;
+    t->admitted_mono = worker_mono_ms();
+    atomic_store(&s->stamp, t->admitted_mono);
+    atomic_store(&s->busy, 1);
+    if (atomic_load(&t->cancel)) {
+        t->cancelled = 1;
+        t->rc = -1;
+    }
+    return t;
+}
+
 /* Continuous batching: new tasks join the ones in flight between steps, finished ones leave
  * after the step that finished them, so a long job never holds up a short one. */
 static void *engine_main_batched(void *arg) {
@@ -83,18 +102,8 @@ static void *engine_main_batched(void *arg) {
         int in_flight = e->active(e);
         if (wait_for_work(s, in_flight)) break;
         while (s->todo && in_flight < e->max_active) {
-            worker_task *t = s->todo;
-            s->todo = t->next;
-            if (!s->todo) s->todo_tail = NULL;
-            t->next = NULL;
-            pthread_mutex_unlock(&s->mu);
-            t->stamp = &s->stamp;
-            t->admitted_mono = worker_mono_ms();
-            atomic_store(&s->stamp, t->admitted_mono);
-            atomic_store(&s->busy, 1);
-            if (atomic_load(&t->cancel)) {
-                t->cancelled = 1;
-                t->rc = -1;
+            worker_task *t = take(s);
+            if (t->cancelled) {
                 finish(s, t);
             } else if (e->admit(e, t) != 0) {
                 if (t->rc == 0) worker_task_fail(t, "engine_error", 0, "engine failed to start");
@@ -125,20 +134,8 @@ static void *engine_main(void *arg) {
     pthread_mutex_lock(&s->mu);
     for (;;) {
         if (wait_for_work(s, 0)) break;
-        worker_task *t = s->todo;
-        s->todo = t->next;
-        if (!s->todo) s->todo_tail = NULL;
-        t->next = NULL;
-        pthread_mutex_unlock(&s->mu);
-
-        t->stamp = &s->stamp;
-        t->admitted_mono = worker_mono_ms();
-        atomic_store(&s->stamp, t->admitted_mono);
-        atomic_store(&s->busy, 1);
-        if (atomic_load(&t->cancel)) {
-            t->cancelled = 1;
-            t->rc = -1;
-        } else if (s->engine->run(s->engine, t) != 0 && t->rc == 0) {
+        worker_task *t = take(s);
+        if (!t->cancelled && s->engine->run(s->engine, t) != 0 && t->rc == 0) {
             worker_task_fail(t, "engine_error", 0, "engine failed without a message");
         }
         atomic_store(&s->busy, 0);
