@@ -305,6 +305,17 @@ k_attention_decode(float *out, const float *q, const uint4 *kc, const uint4 *vc,
     const int half = lane / 16, j = lane % 16;
     const int s = slot[row];
     int L = len[row];
+    /* RoPE's angles for this lane's 8 dims (the position is a step input, not a result of the
+     * kernel before: computed before waiting on it) */
+    float cs[8], sn[8];
+    if (ROPE) {
+        const int p = ra.pos[row];
+#pragma unroll
+        for (int i = 0; i < 8; i++) rope_cs(8 * j + i, p, ra.theta, &cs[i], &sn[i]);
+    }
+    /* launched with programmatic dependent launch: everything above overlapped the kernel
+     * before this one; q, this step's k/v and the store are read after it has finished */
+    pdl_wait();
     /* this lane's 8 dims of each head's query (the G heads of KV head kh are adjacent in q and
      * out), loaded while slot and len are in flight; scaled to log2 units below */
     float qv[G][8];
@@ -324,9 +335,6 @@ k_attention_decode(float *out, const float *q, const uint4 *kc, const uint4 *vc,
     if (ROPE) {
         /* RoPE on q: lane j holds dims 8j..8j+7, its rotation partner (d +- 64) is lane j ^ 8 */
         const int p = ra.pos[row];
-        float cs[8], sn[8];
-#pragma unroll
-        for (int i = 0; i < 8; i++) rope_cs(8 * j + i, p, ra.theta, &cs[i], &sn[i]);
 #pragma unroll
         for (int g = 0; g < G; g++)
 #pragma unroll
@@ -580,11 +588,22 @@ static int attention_decode(eng_backend *be, eng_tensor *out, const eng_tensor *
     dim3 grid((unsigned)groups, (unsigned)splits);
     float qscale = scale * 1.4426950408889634f; /* log2(e): the kernel uses exp2 */
     dec_rope_args ra = rope ? *rope : dec_rope_args{NULL, NULL, NULL, 0.f};
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(DEC_WARPS * 32);
+    cfg.stream = c->stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = cuda_pdl_enabled() ? 1 : 0;
+    cudaError_t e = cudaSuccess;
 #define DEC_LAUNCH(GG, R)                                                                          \
-    k_attention_decode<GG, R><<<grid, DEC_WARPS * 32, 0, c->stream>>>(                             \
-        (float *)out->data, (const float *)q->data, (const uint4 *)kv->k, (const uint4 *)kv->v,    \
-        (const int32_t *)slot->data, (const int32_t *)len->data, qh, kv->heads, kv->slots,         \
-        kv->max_len, qscale, (int)splits, min_chunk, c->att_part, c->att_count, ra)
+    e = cudaLaunchKernelEx(&cfg, k_attention_decode<GG, R>, (float *)out->data,                    \
+                           (const float *)q->data, (const uint4 *)kv->k, (const uint4 *)kv->v,     \
+                           (const int32_t *)slot->data, (const int32_t *)len->data, qh, kv->heads, \
+                           kv->slots, kv->max_len, qscale, (int)splits, min_chunk, c->att_part,    \
+                           c->att_count, ra)
     if (rope) {
         switch (g) {
         case 1: DEC_LAUNCH(1, true); break;
@@ -601,7 +620,7 @@ static int attention_decode(eng_backend *be, eng_tensor *out, const eng_tensor *
         }
     }
 #undef DEC_LAUNCH
-    CU_LAUNCHED(be);
+    CU_CHECK(be, e);
     return 0;
 }
 

@@ -155,6 +155,15 @@ static void cuda_mem_stats(eng_backend *be, eng_mem_stats *out) {
     out->device_free = fr;
 }
 
+int cuda_pdl_enabled(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("VOXQ_CUDA_PDL_ALL");
+        on = !(e && !strcmp(e, "0"));
+    }
+    return on;
+}
+
 int cuda_scratch(eng_backend *be, size_t bytes, void **out) {
     cuda_impl *c = cuda_of(be);
     if (bytes > c->scratch_bytes) {

@@ -87,6 +87,10 @@ __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.lau
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 #endif
 
+/* Whether attention and the sampler launch with programmatic dependent launch (their index
+ * loads and setup overlap the kernel before them): on, unless VOXQ_CUDA_PDL_ALL=0 (A/B timing). */
+int cuda_pdl_enabled(void);
+
 /* Grows the scratch buffer to at least `bytes` (not allowed during graph capture). */
 int cuda_scratch(eng_backend *be, size_t bytes, void **out);
 

@@ -7,6 +7,7 @@
  * in L1/L2. Each weight byte is read once per call. Larger n (the encoder, cross K/V) goes to
  * cuBLAS in bf16 with f32 accumulation; quantized weights are expanded to bf16 in scratch first. */
 #include <cooperative_groups.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -73,6 +74,32 @@ template <> struct wload<ENG_W_I4> {
     }
 };
 
+/* The weights of one launch: up to LIN_MAX_SEGS weights of one format, `in` and group that share
+ * x (q, k and v of one attention), their row blocks back to back along blockIdx.x. A segment
+ * starts at block block0; unused segments have block0 = INT_MAX. Passed by value (kernel
+ * parameter space), so finding a block's segment is a few uniform selects, no memory access. */
+#define LIN_MAX_SEGS 4
+struct lin_seg {
+    const uint4 *w;       /* [out, in] rows of the format */
+    const float *scales;  /* int8: [out]; int4: [out, in / group]; bf16: unused */
+    float *y;             /* [n, out] (silu epilogue: [n, out / 2]) */
+    int out;              /* rows of w */
+    int block0;           /* first blockIdx.x of this weight */
+};
+struct lin_segs {
+    lin_seg s[LIN_MAX_SEGS];
+};
+
+/* The segment of block blk; blk becomes the block's index inside it. */
+__device__ __forceinline__ lin_seg seg_of(const lin_segs &segs, int &blk) {
+    lin_seg sg = segs.s[0];
+#pragma unroll
+    for (int i = 1; i < LIN_MAX_SEGS; i++)
+        if (blk >= segs.s[i].block0) sg = segs.s[i];
+    blk -= sg.block0;
+    return sg;
+}
+
 /* Whether the r-th row of a block exists: plain rows below out; with the silu epilogue the
  * first R/2 are gate rows (below out/2) and the rest up rows (below out). */
 template <int EPI>
@@ -80,11 +107,11 @@ __device__ __forceinline__ bool row_ok(int row, int r, int R, int out, int half)
     return EPI ? (r < R / 2 ? row < half : row < out) : row < out;
 }
 
-/* y[NR, out] = x[NR, in] . W^T for one format. A block owns R output rows; its threads split the
- * input dimension in 16-byte chunks of W, so each thread loads R independent weight vectors per
- * step (memory-level parallelism) and reuses every x value it loads for all R rows. Partial sums
- * meet in shared memory. int8 rows carry one scale, int4 one per group of `group` inputs
- * (group % 32 == 0, so a chunk never straddles groups).
+/* y[NR, out] = x[NR, in] . W^T for one format (per segment of segs). A block owns R output rows;
+ * its threads split the input dimension in 16-byte chunks of W, so each thread loads R
+ * independent weight vectors per step (memory-level parallelism) and reuses every x value it
+ * loads for all R rows. Partial sums meet in shared memory. int8 rows carry one scale, int4 one
+ * per group of `group` inputs (group % 32 == 0, so a chunk never straddles groups).
  * PRE_RMSNORM: the loop multiplies x by the norm weight and also sums x^2 (each x value is seen by
  * exactly one thread of the block), and the row's 1/rms scales the dot products at the end: no
  * separate pass. PRE_SILU_MUL: x is [gate | up] and the loop uses silu(gate) * up.
@@ -92,18 +119,22 @@ __device__ __forceinline__ bool row_ok(int row, int r, int R, int out, int half)
  * rows out/2 + g0..; it writes y[n, out/2] = silu(gate) * up. ACC adds into y. */
 template <int FMT, int NR, int R, int PRE, int ACC, int EPI>
 __global__ void __launch_bounds__(GEMV_THREADS_FOR(FMT))
-k_gemv(float *__restrict__ y, const float *__restrict__ x, const uint4 *__restrict__ w,
-       const float *__restrict__ scales, int out, int in, int group,
+k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
        const float *__restrict__ norm, float eps) {
     constexpr int V = wload<FMT>::vals;
     __shared__ float s_part[GEMV_MAX_THREADS / 32][R * NR];
     __shared__ float s_ss[GEMV_MAX_THREADS / 32][NR];
-    int half = out / 2;
+    int blk = (int)blockIdx.x;
+    const lin_seg sg = seg_of(segs, blk);
+    const uint4 *__restrict__ w = sg.w;
+    const float *__restrict__ scales = sg.scales;
+    float *__restrict__ y = sg.y;
+    int out = sg.out, half = out / 2;
     int rows[R];
 #pragma unroll
     for (int r = 0; r < R; r++)
-        rows[r] = EPI ? (r < R / 2 ? blockIdx.x * (R / 2) + r : half + blockIdx.x * (R / 2) + r - R / 2)
-                      : blockIdx.x * R + r;
+        rows[r] = EPI ? (r < R / 2 ? blk * (R / 2) + r : half + blk * (R / 2) + r - R / 2)
+                      : blk * R + r;
     int chunks = in / V, ngroups = FMT == ENG_W_I4 ? (in + group - 1) / group : 1;
     /* The weights do not depend on the previous kernel: start streaming them before waiting. */
     pdl_trigger();
@@ -211,7 +242,7 @@ k_gemv(float *__restrict__ y, const float *__restrict__ x, const uint4 *__restri
         }
         float v = 0.f;
         for (int k = 0; k < nwarps; k++) v += s_part[k][i];
-        int orow = EPI ? (int)blockIdx.x * (R / 2) + r : (int)blockIdx.x * R + r;
+        int orow = EPI ? blk * (R / 2) + r : blk * R + r;
         if (FMT == ENG_W_I8) v *= scales[orow];
         v *= scale_n;
         if (EPI) {
@@ -289,9 +320,10 @@ __global__ void k_gemv_any(float *__restrict__ y, const float *__restrict__ x, c
  * staging of x), warp w owns m-tile WARPS * blockIdx.x + w (16 weight rows; with the
  * silu epilogue 8 gate rows as fragment rows 0-7 and the matching up rows as rows 8-15, so one
  * lane holds both halves of an output). The k-steps are split over gridDim.y blocks that form one
- * thread-block cluster and add their partial fragments through distributed shared memory. Each
- * block walks its k-steps in chunks of U: it issues the chunk's 2U 16-byte weight loads per lane,
- * stages the chunk of x (prologue applied, bf16) in shared memory, then runs the mmas. */
+ * thread-block cluster and add their partial fragments through distributed shared memory (every
+ * rank finishes a share of the outputs). Each block stages x (prologue applied, bf16) for up to
+ * XU k-steps in shared memory and streams its weight rows through registers U k-steps (2U
+ * 16-byte loads a lane) at a time, the next chunk in flight while the mmas run (mma_cfg). */
 #define MMA_MAX_ROWS 128 /* rows of x (16 n-tiles of 8) */
 #define MMA_MAX_CLUSTER 8
 #define MMA_TARGET_BLOCKS 264 /* two blocks an SM on the H200's 132 */
@@ -336,21 +368,31 @@ template <> struct mma_fmt<ENG_W_I4> {
     }
 };
 
-/* Tile constants of one format and n-tile count. U (k-steps a chunk) keeps the staged x at most
- * 32 KB; the row stride of the staged x is padded so the B reads of a quarter warp spread over
- * the banks. */
+/* Tile constants of one format and n-tile count. x is staged XU k-steps at a time (at most 32 KB
+ * of bf16, up to 2048 inputs at 1-8 rows: one staging, two barriers, for most blocks); the
+ * weights stream through registers in chunks of U k-steps, NBUF chunks in flight: with 1-16 rows
+ * (NBUF = 2) the next chunk's loads are issued before the current chunk's mmas, so a warp never
+ * waits for a load it could have issued earlier. The row stride of the staged x is padded so the
+ * B reads of a quarter warp spread over the banks. */
 template <int FMT, int NT> struct mma_cfg {
     static constexpr int V = mma_fmt<FMT>::V;   /* weight values in 16 bytes */
     static constexpr int PAIRS = V / 2;         /* bf16x2 registers of 16 weight bytes */
     static constexpr int KW = 4 * V;            /* inputs a k-step */
-    static constexpr int U0 = 32768 / (NT * KW * 16);
-    static constexpr int U = U0 < 1 ? 1 : U0 > 4 ? 4 : U0;
-    static constexpr int KC = U * KW;           /* inputs a chunk */
+    static constexpr int XU0 = 32768 / (NT * 8 * KW * 2);
+    static constexpr int XU = XU0 < 1 ? 1 : XU0 > 32 ? 32 : XU0; /* k-steps staged at once */
+    static constexpr int U = XU < 4 ? XU : 4;   /* k-steps a weight chunk */
+    static constexpr int NBUF = NT <= 2 ? 2 : 1;
+    static constexpr int KC = XU * KW;          /* inputs staged at once */
     static constexpr int STRIDE = KC + mma_fmt<FMT>::PAD; /* bf16 a staged column */
     static constexpr int XS = NT * 8 * STRIDE;  /* staged x, bf16 */
-    /* Warps a block (one m-tile each): more rows share one staging of x as n grows. */
+    /* Warps a block (one m-tile each): more rows share one staging of x as n grows; from 4
+     * n-tiles two blocks an SM (launch bounds: at most 128 registers), but for int8 at 16
+     * n-tiles, whose dequantization then spills (~150 registers; 128 int8 rows go to cuBLAS). */
     static constexpr int WARPS = NT >= 4 ? 8 : 4;
     static constexpr int THREADS = WARPS * 32;
+    static constexpr int MIN_BLOCKS = NT >= 4 && !(FMT == ENG_W_I8 && NT == 16) ? 2 : 1;
+    static_assert(XU % U == 0, "chunks never straddle a staging");
+    static_assert(KC * 2 % 128 == 0, "the pad alone sets the bank offset of a column");
 };
 
 __device__ __forceinline__ void mma_bf16(float *c, uint32_t a0, uint32_t a1, uint32_t a2,
@@ -367,22 +409,22 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 }
 
 /* Stages x[0..n)[k0, k0 + klen) (prologue applied) into xs[column][k - k0] as bf16 in the pair
- * order of FMT; columns n..8NT are zeros. With the norm prologue also adds each column's sum of
- * squares of raw x into s_ss. One unit = 8 inputs of one column; consecutive threads take
- * consecutive units (coalesced 32-byte reads). */
+ * order of FMT (columns n..8NT were zeroed once by the kernel). With the norm prologue also adds
+ * each column's sum of squares of raw x into s_ss. One unit = 8 inputs of one column, ucol =
+ * klen / 8 units a column; consecutive threads take consecutive units (coalesced 32-byte reads)
+ * and the trip count is the same for every thread (the sums of squares meet through a segmented
+ * warp reduction: a warp's units cover consecutive columns in order). */
 template <int FMT, int NT, int PRE>
 __device__ __forceinline__ void mma_stage(__nv_bfloat16 *xs, float *s_ss, const float *x,
                                           const float *norm, int n, int in, int k0, int klen) {
     using C = mma_cfg<FMT, NT>;
-    constexpr int UNITS_COL = C::KC / 8, PER = NT * 8 * UNITS_COL / C::THREADS;
-    constexpr int SEG = UNITS_COL < 32 ? UNITS_COL : 32; /* lanes that share a column */
-    static_assert(NT * 8 * UNITS_COL % C::THREADS == 0, "units split evenly");
+    int ucol = klen / 8, units = n * ucol, lane = threadIdx.x % 32;
 #pragma unroll 4
-    for (int i = 0; i < PER; i++) {
-        int unit = i * C::THREADS + (int)threadIdx.x;
-        int col = unit / UNITS_COL, kk = (unit % UNITS_COL) * 8;
+    for (int base = 0; base < units; base += C::THREADS) {
+        int unit = base + (int)threadIdx.x;
+        bool live = unit < units;
+        int col = live ? unit / ucol : -1, kk = live ? (unit - col * ucol) * 8 : 0;
         float v[8], ss = 0.f;
-        bool live = col < n && kk < klen;
 #pragma unroll
         for (int j = 0; j < 8; j++) v[j] = 0.f;
         if (live) {
@@ -405,13 +447,6 @@ __device__ __forceinline__ void mma_stage(__nv_bfloat16 *xs, float *s_ss, const 
                     v[j] *= nw[j];
                 }
             }
-        }
-        if (PRE == ENG_PRE_RMSNORM) { /* whole warp: the units of a column are SEG lanes */
-#pragma unroll
-            for (int o = SEG / 2; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-            if ((threadIdx.x % SEG) == 0 && col < n && kk < klen) atomicAdd(&s_ss[col], ss);
-        }
-        if (kk < klen) {
             uint4 st;
             if (FMT == ENG_W_I4) { /* x0 x4 x1 x5 x2 x6 x3 x7 */
                 st = make_uint4(pack_bf16(v[0], v[4]), pack_bf16(v[1], v[5]),
@@ -422,61 +457,76 @@ __device__ __forceinline__ void mma_stage(__nv_bfloat16 *xs, float *s_ss, const 
             }
             *(uint4 *)(xs + col * C::STRIDE + kk) = st;
         }
+        if (PRE == ENG_PRE_RMSNORM) {
+            /* Lane l ends with the sum over lanes [l, 32) of its column; the first lane of each
+             * column's run adds it. Whole warp: the trip count is uniform. */
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                float s2 = __shfl_down_sync(0xffffffffu, ss, o);
+                int c2 = __shfl_down_sync(0xffffffffu, col, o);
+                if (lane + o < 32 && c2 == col) ss += s2;
+            }
+            int prev = __shfl_up_sync(0xffffffffu, col, 1);
+            if (live && (lane == 0 || prev != col)) atomicAdd(&s_ss[col], ss);
+        }
     }
 }
 
-/* Writes one lane's finished fragment of n-tile j (c0..c3, see the layout above): scales, 1/rms
- * per column (r0, r1 for columns 2t and 2t+1), the silu epilogue or the plain/accumulated store. */
+/* Stores one column of one lane's finished fragment: lo = row g (the gate row with the silu
+ * epilogue), hi = row g + 8 (the up row) of m-tile mt, column col of y; r = 1/rms of the column
+ * (1 without the norm). int8 row scales apply here. */
 template <int FMT, int ACC, int EPI>
-__device__ __forceinline__ void mma_store(float *__restrict__ y, const float *__restrict__ scales,
-                                          const float *c, int j, int mt, int lane, int n, int out,
-                                          float r0, float r1) {
-    int g = lane / 4, col = 8 * j + 2 * (lane % 4);
-    float r[2] = {r0, r1};
+__device__ __forceinline__ void mma_store2(float *__restrict__ y, const float *__restrict__ scales,
+                                           float lo, float hi, int mt, int g, int col, int n,
+                                           int out, float r) {
+    if (col >= n) return;
     if (EPI) {
         int half = out / 2, o = 8 * mt + g;
         if (o >= half) return;
-        float sg = FMT == ENG_W_I8 ? scales[o] : 1.f, su = FMT == ENG_W_I8 ? scales[half + o] : 1.f;
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            if (col + e >= n) continue;
-            float gate = c[e] * sg * r[e], up = c[2 + e] * su * r[e];
-            y[(size_t)(col + e) * half + o] = gate / (1.f + __expf(-gate)) * up;
-        }
+        float gate = lo * r * (FMT == ENG_W_I8 ? scales[o] : 1.f);
+        float up = hi * r * (FMT == ENG_W_I8 ? scales[half + o] : 1.f);
+        y[(size_t)col * half + o] = gate / (1.f + __expf(-gate)) * up;
         return;
     }
     int rows[2] = {16 * mt + g, 16 * mt + g + 8};
+    float c[2] = {lo, hi};
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         if (rows[h] >= out) continue;
-        float s = FMT == ENG_W_I8 ? scales[rows[h]] : 1.f;
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            if (col + e >= n) continue;
-            float v = c[2 * h + e] * s * r[e];
-            float *dst = y + (size_t)(col + e) * out + rows[h];
-            if (ACC)
-                *dst += v;
-            else
-                *dst = v;
-        }
+        float v = c[h] * r * (FMT == ENG_W_I8 ? scales[rows[h]] : 1.f);
+        float *dst = y + (size_t)col * out + rows[h];
+        if (ACC)
+            *dst += v;
+        else
+            *dst = v;
     }
 }
 
-/* y[n, out] (+)= pre(x)[n, in] . W^T with tensor cores, n <= 8 NT; the layout and split are
- * described above. Needs in % KW == 0 (and for int4 group % 128 == 0). steps_per_block: k-steps
- * of one block of the cluster (blockIdx.y). */
+/* One lane's weights of U k-steps: rows g and g + 8, and with int4 their group scales. */
+template <int U> struct mma_chunk {
+    uint4 g[U], g8[U];
+    float sg[U], sg8[U];
+};
+
+/* y[n, out] (+)= pre(x)[n, in] . W^T with tensor cores, n <= 8 NT, for each segment of segs; the
+ * layout and split are described above. Needs in % KW == 0 (and for int4 group % 128 == 0).
+ * steps_per_block: k-steps of one block of the cluster (blockIdx.y). */
 template <int FMT, int NT, int PRE, int ACC, int EPI>
-__global__ void __launch_bounds__(mma_cfg<FMT, NT>::THREADS)
-k_mma(float *__restrict__ y, const float *__restrict__ x, const uint4 *__restrict__ w,
-      const float *__restrict__ scales, int n, int out, int in, int group,
+__global__ void __launch_bounds__(mma_cfg<FMT, NT>::THREADS, mma_cfg<FMT, NT>::MIN_BLOCKS)
+k_mma(const lin_segs segs, const float *__restrict__ x, int n, int in, int group,
       const float *__restrict__ norm, float eps, int steps_per_block) {
     using C = mma_cfg<FMT, NT>;
-    constexpr int U = C::U, PAIRS = C::PAIRS, V = C::V;
+    constexpr int U = C::U, XU = C::XU, PAIRS = C::PAIRS, V = C::V;
     __shared__ __align__(16) __nv_bfloat16 xs[C::XS];
     __shared__ float s_ss[NT * 8];
+    int blk = (int)blockIdx.x;
+    const lin_seg sg = seg_of(segs, blk);
+    const uint4 *__restrict__ w = sg.w;
+    const float *__restrict__ scales = sg.scales;
+    float *__restrict__ y = sg.y;
+    int out = sg.out;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    int mt = blockIdx.x * C::WARPS + warp;
+    int mt = blk * C::WARPS + warp;
     /* This lane's two weight rows (clamped into the matrix; the store skips rows past it). */
     int row_g, row_g8;
     if (EPI) {
@@ -495,50 +545,38 @@ k_mma(float *__restrict__ y, const float *__restrict__ x, const uint4 *__restric
     const float *sc_g = FMT == ENG_W_I4 ? scales + (size_t)row_g * ngroups : scales;
     const float *sc_g8 = FMT == ENG_W_I4 ? scales + (size_t)row_g8 * ngroups : scales;
 
-    uint4 q_g[U], q_g8[U];
-    float gs_g[U], gs_g8[U]; /* int4 group scales of each k-step */
-    auto load_chunk = [&](int s0) {
+    auto load_chunk = [&](mma_chunk<U> &c, int s0) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int s = s0 + u;
             if (s < s_end) {
-                q_g[u] = __ldg(wg + (size_t)s * 4);
-                q_g8[u] = __ldg(wg8 + (size_t)s * 4);
+                c.g[u] = __ldg(wg + (size_t)s * 4);
+                c.g8[u] = __ldg(wg8 + (size_t)s * 4);
                 if (FMT == ENG_W_I4) {
-                    gs_g[u] = __ldg(sc_g + s * C::KW / group);
-                    gs_g8[u] = __ldg(sc_g8 + s * C::KW / group);
+                    c.sg[u] = __ldg(sc_g + s * C::KW / group);
+                    c.sg8[u] = __ldg(sc_g8 + s * C::KW / group);
                 }
             }
         }
     };
-    /* The weights do not depend on the previous kernel: start streaming them before waiting. */
-    pdl_trigger();
-    load_chunk(s_begin);
-    if ((int)threadIdx.x < NT * 8) s_ss[threadIdx.x] = 0.f;
-    pdl_wait();
-
     float acc[NT][4];
 #pragma unroll
     for (int j = 0; j < NT; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) acc[j][e] = 0.f;
-
-    for (int s0 = s_begin; s0 < s_end; s0 += U) {
-        if (s0 != s_begin) load_chunk(s0);
-        __syncthreads(); /* the previous chunk's mmas are done with xs */
-        mma_stage<FMT, NT, PRE>(xs, s_ss, x, norm, n, in, s0 * C::KW,
-                                min(U, s_end - s0) * C::KW);
-        __syncthreads();
+    /* The mmas of the chunk at k-step s0, whose x sits at k-step xoff of the staged range. */
+    auto compute_chunk = [&](const mma_chunk<U> &c, int s0, int xoff) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             if (s0 + u >= s_end) break;
             uint32_t p_g[PAIRS], p_g8[PAIRS];
-            mma_fmt<FMT>::dequant(q_g[u], p_g);
-            mma_fmt<FMT>::dequant(q_g8[u], p_g8);
+            mma_fmt<FMT>::dequant(c.g[u], p_g);
+            mma_fmt<FMT>::dequant(c.g8[u], p_g8);
 #pragma unroll
             for (int j = 0; j < NT; j++) {
-                /* B: column 8j + g, the V inputs of lane t in k-step u of the chunk. */
-                const uint4 *xp = (const uint4 *)(xs + (8 * j + g) * C::STRIDE + u * C::KW + t * V);
+                /* B: column 8j + g, the V inputs of lane t in k-step xoff + u of the staging. */
+                const uint4 *xp =
+                    (const uint4 *)(xs + (8 * j + g) * C::STRIDE + (xoff + u) * C::KW + t * V);
                 uint32_t b[PAIRS];
 #pragma unroll
                 for (int i = 0; i < V / 8; i++) {
@@ -551,10 +589,10 @@ k_mma(float *__restrict__ y, const float *__restrict__ x, const uint4 *__restric
                     for (int i = 0; i < PAIRS / 2; i++)
                         mma_bf16(part, p_g[2 * i], p_g8[2 * i], p_g[2 * i + 1], p_g8[2 * i + 1],
                                  b[2 * i], b[2 * i + 1]);
-                    acc[j][0] = fmaf(part[0], gs_g[u], acc[j][0]);
-                    acc[j][1] = fmaf(part[1], gs_g[u], acc[j][1]);
-                    acc[j][2] = fmaf(part[2], gs_g8[u], acc[j][2]);
-                    acc[j][3] = fmaf(part[3], gs_g8[u], acc[j][3]);
+                    acc[j][0] = fmaf(part[0], c.sg[u], acc[j][0]);
+                    acc[j][1] = fmaf(part[1], c.sg[u], acc[j][1]);
+                    acc[j][2] = fmaf(part[2], c.sg8[u], acc[j][2]);
+                    acc[j][3] = fmaf(part[3], c.sg8[u], acc[j][3]);
                 } else {
 #pragma unroll
                     for (int i = 0; i < PAIRS / 2; i++)
@@ -563,29 +601,62 @@ k_mma(float *__restrict__ y, const float *__restrict__ x, const uint4 *__restric
                 }
             }
         }
+    };
+    /* One chunk: stage x when the chunk opens a staged range, the mmas, then (two buffers) the
+     * loads of the chunk NBUF * U k-steps on into the registers just used. */
+    auto run_chunk = [&](mma_chunk<U> &c, int s0) {
+        int rel = s0 - s_begin, xoff = rel % XU;
+        if (C::NBUF == 1 && rel != 0) load_chunk(c, s0);
+        if (xoff == 0) {
+            __syncthreads(); /* the previous staging's mmas are done with xs */
+            mma_stage<FMT, NT, PRE>(xs, s_ss, x, norm, n, in, s0 * C::KW,
+                                    min(XU, s_end - s0) * C::KW);
+            __syncthreads();
+        }
+        compute_chunk(c, s0, xoff);
+        if (C::NBUF == 2) load_chunk(c, s0 + 2 * U);
+    };
+
+    /* The weights do not depend on the previous kernel: start streaming them before waiting. */
+    pdl_trigger();
+    mma_chunk<U> c0, c1;
+    load_chunk(c0, s_begin);
+    if (C::NBUF == 2) load_chunk(c1, s_begin + U);
+    /* Columns n.. of the staged x stay zero (the stagings write only live columns). */
+    for (int i = (int)threadIdx.x; i < (8 * NT - n) * C::STRIDE / 8; i += C::THREADS)
+        *(uint4 *)(xs + n * C::STRIDE + 8 * i) = make_uint4(0, 0, 0, 0);
+    if ((int)threadIdx.x < NT * 8) s_ss[threadIdx.x] = 0.f;
+    pdl_wait();
+
+    for (int s0 = s_begin; s0 < s_end; s0 += C::NBUF * U) {
+        run_chunk(c0, s0);
+        if (C::NBUF == 2 && s0 + U < s_end) run_chunk(c1, s0 + U);
     }
 
     int col0 = 2 * t; /* + 8j: this lane's first column in n-tile j */
     if (gridDim.y == 1) {
 #pragma unroll
-        for (int j = 0; j < NT; j++) {
-            float r0 = 1.f, r1 = 1.f;
-            if (PRE == ENG_PRE_RMSNORM) {
-                r0 = rsqrtf(s_ss[8 * j + col0] / (float)in + eps);
-                r1 = rsqrtf(s_ss[8 * j + col0 + 1] / (float)in + eps);
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int col = 8 * j + col0 + e;
+                float r = 1.f;
+                if (PRE == ENG_PRE_RMSNORM && col < n) r = rsqrtf(s_ss[col] / (float)in + eps);
+                mma_store2<FMT, ACC, EPI>(y, scales, acc[j][e], acc[j][2 + e], mt, g, col, n,
+                                          out, r);
             }
-            mma_store<FMT, ACC, EPI>(y, scales, acc[j], j, mt, lane, n, out, r0, r1);
-        }
         return;
     }
     /* Split k: the cluster's blocks (blockIdx.y = rank) add their fragments through distributed
-     * shared memory, JG n-tiles a pass (as many as the staged-x buffer holds); rank r finishes
-     * n-tiles r, r + ranks, ... of the pass for every lane. */
+     * shared memory, JG n-tiles a pass (as many as the staged-x buffer holds). Each pass is
+     * finished by every rank at once: a work item is one column pair (lo, hi) of one slot's
+     * fragment, items are dealt round the cluster's threads, and each item's loads from all
+     * ranks are independent (issued together, no serial chain). */
     namespace cg = cooperative_groups;
     cg::cluster_group cluster = cg::this_cluster();
     constexpr int JG0 = C::XS * 2 / (C::THREADS * 16), JG = JG0 < NT ? JG0 : NT;
     static_assert(JG >= 1, "the reduction reuses the staged x");
-    float4 *red = (float4 *)xs; /* [JG][THREADS] */
+    float4 *red = (float4 *)xs; /* [JG][THREADS] fragments */
     int ranks = (int)gridDim.y, rank = (int)blockIdx.y;
 #pragma unroll
     for (int pass = 0; pass < (NT + JG - 1) / JG; pass++) {
@@ -600,24 +671,27 @@ k_mma(float *__restrict__ y, const float *__restrict__ x, const uint4 *__restric
                 red[jj * C::THREADS + threadIdx.x] = make_float4(a[0], a[1], a[2], a[3]);
             }
         cluster.sync();
-        for (int jj = rank; jj < JG && pass * JG + jj < NT; jj += ranks) {
-            int j = pass * JG + jj;
-            float c[4] = {0.f, 0.f, 0.f, 0.f}, ss0 = 0.f, ss1 = 0.f;
-            for (int r = 0; r < ranks; r++) {
-                float4 v = cluster.map_shared_rank(red, r)[jj * C::THREADS + threadIdx.x];
-                c[0] += v.x; c[1] += v.y; c[2] += v.z; c[3] += v.w;
-                if (PRE == ENG_PRE_RMSNORM) {
-                    const float *ss = cluster.map_shared_rank(s_ss, r);
-                    ss0 += ss[8 * j + col0];
-                    ss1 += ss[8 * j + col0 + 1];
+        int tiles = min(JG, NT - pass * JG), items = tiles * C::THREADS * 2;
+        for (int it = rank * C::THREADS + (int)threadIdx.x; it < items;
+             it += ranks * C::THREADS) {
+            int e = it & 1, slot = (it >> 1) % C::THREADS, jj = (it >> 1) / C::THREADS;
+            int j = pass * JG + jj, sl = slot % 32;
+            int col = 8 * j + 2 * (sl % 4) + e;
+            int off = (jj * C::THREADS + slot) * 4 + e; /* float index of lo in red */
+            float lo = 0.f, hi = 0.f, ss = 0.f;
+#pragma unroll
+            for (int r = 0; r < MMA_MAX_CLUSTER; r++)
+                if (r < ranks) {
+                    const float *rr = cluster.map_shared_rank((const float *)red, r);
+                    lo += rr[off];
+                    hi += rr[off + 2];
+                    if (PRE == ENG_PRE_RMSNORM && col < n)
+                        ss += cluster.map_shared_rank((const float *)s_ss, r)[col];
                 }
-            }
-            float r0 = 1.f, r1 = 1.f;
-            if (PRE == ENG_PRE_RMSNORM) {
-                r0 = rsqrtf(ss0 / (float)in + eps);
-                r1 = rsqrtf(ss1 / (float)in + eps);
-            }
-            mma_store<FMT, ACC, EPI>(y, scales, c, j, mt, lane, n, out, r0, r1);
+            float rms = 1.f;
+            if (PRE == ENG_PRE_RMSNORM && col < n) rms = rsqrtf(ss / (float)in + eps);
+            mma_store2<FMT, ACC, EPI>(y, scales, lo, hi, blk * C::WARPS + slot / 32, sl / 4, col,
+                                      n, out, rms);
         }
     }
     cluster.sync(); /* keep this block's shared memory alive until every rank has read it */
@@ -656,16 +730,61 @@ static int gemv_threads(int chunks, int most) {
     return t < 32 ? 32 : t;
 }
 
+/* The host side of a launch: count (1..LIN_MAX_SEGS) weights of one format, in and group that
+ * share x, and the output of each. */
+typedef struct lin_set {
+    int count;
+    const eng_weight *w[LIN_MAX_SEGS];
+    float *y[LIN_MAX_SEGS];
+} lin_set;
+
+static lin_set lin_one(const eng_weight *w, float *y) {
+    lin_set set;
+    memset(&set, 0, sizeof set);
+    set.count = 1;
+    set.w[0] = w;
+    set.y[0] = y;
+    return set;
+}
+
+/* The kernel's segment table for set: each weight gets ceil(units / per) blocks, where a unit is
+ * `unit` output rows (the silu epilogue counts out / 2 rows: a gate row and its up row are one).
+ * *blocks is the grid's x extent. */
+static lin_segs make_segs(const lin_set *set, int epi, int unit, int per, int64_t *blocks) {
+    lin_segs segs;
+    memset(&segs, 0, sizeof segs);
+    int64_t b = 0;
+    for (int i = 0; i < LIN_MAX_SEGS; i++) {
+        lin_seg *sg = &segs.s[i];
+        if (i >= set->count) {
+            sg->block0 = INT_MAX;
+            continue;
+        }
+        const eng_weight *w = set->w[i];
+        int64_t rows = epi ? w->out / 2 : w->out, units = (rows + unit - 1) / unit;
+        sg->w = (const uint4 *)w->data;
+        sg->scales = w->scales;
+        sg->y = set->y[i];
+        sg->out = (int)w->out;
+        sg->block0 = (int)b;
+        b += (units + per - 1) / per;
+    }
+    *blocks = b;
+    return segs;
+}
+
 /* Rows of W per block: more rows reuse each x load more often, fewer give small matrices
  * enough blocks to keep every SM streaming. */
 template <int FMT> struct rows_per_block { static constexpr int big = FMT == ENG_W_BF16 ? 4 : 8; };
 
 template <int FMT, int NR, int R, int PRE, int ACC, int EPI>
-static cudaError_t launch_k(const eng_weight *w, float *y, const float *x, const float *norm,
-                            float eps, cudaStream_t st) {
+static cudaError_t launch_k(const lin_set *set, const float *x, const float *norm, float eps,
+                            cudaStream_t st) {
+    const eng_weight *w = set->w[0];
     cudaLaunchConfig_t cfg = {};
-    int64_t rows = EPI ? w->out / 2 : w->out, per = EPI ? R / 2 : R;
-    cfg.gridDim = dim3((unsigned)((rows + per - 1) / per));
+    int64_t blocks;
+    lin_segs segs = make_segs(set, EPI, 1, EPI ? R / 2 : R, &blocks);
+    cfg.gridDim = dim3((unsigned)blocks);
     int threads = gemv_threads((int)w->in / wload<FMT>::vals, GEMV_THREADS_FOR(FMT));
     cfg.blockDim = dim3((unsigned)threads);
     cfg.stream = st;
@@ -674,26 +793,28 @@ static cudaError_t launch_k(const eng_weight *w, float *y, const float *x, const
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, k_gemv<FMT, NR, R, PRE, ACC, EPI>, y, x,
-                              (const uint4 *)w->data, w->scales, (int)w->out, (int)w->in,
+    return cudaLaunchKernelEx(&cfg, k_gemv<FMT, NR, R, PRE, ACC, EPI>, segs, x, (int)w->in,
                               w->group, norm, eps);
 }
 
+/* R from the rows of the whole set (a q/k/v group launches as one matrix of their rows). */
 template <int FMT, int NR, int PRE, int ACC, int EPI>
-static cudaError_t launch_fmt(const eng_weight *w, float *y, const float *x, const float *norm,
-                              float eps, cudaStream_t st) {
+static cudaError_t launch_fmt(const lin_set *set, const float *x, const float *norm, float eps,
+                              cudaStream_t st) {
     constexpr int RB = rows_per_block<FMT>::big;
-    if (w->out / RB >= 264) return launch_k<FMT, NR, RB, PRE, ACC, EPI>(w, y, x, norm, eps, st);
-    return launch_k<FMT, NR, 2, PRE, ACC, EPI>(w, y, x, norm, eps, st);
+    int64_t out = 0;
+    for (int i = 0; i < set->count; i++) out += set->w[i]->out;
+    if (out / RB >= 264) return launch_k<FMT, NR, RB, PRE, ACC, EPI>(set, x, norm, eps, st);
+    return launch_k<FMT, NR, 2, PRE, ACC, EPI>(set, x, norm, eps, st);
 }
 
 template <int NR, int PRE, int ACC, int EPI>
-static cudaError_t launch_pre(const eng_weight *w, float *y, const float *x, const float *norm,
-                              float eps, cudaStream_t st) {
-    switch (w->fmt) {
-    case ENG_W_BF16: return launch_fmt<ENG_W_BF16, NR, PRE, ACC, EPI>(w, y, x, norm, eps, st);
-    case ENG_W_I8: return launch_fmt<ENG_W_I8, NR, PRE, ACC, EPI>(w, y, x, norm, eps, st);
-    default: return launch_fmt<ENG_W_I4, NR, PRE, ACC, EPI>(w, y, x, norm, eps, st);
+static cudaError_t launch_pre(const lin_set *set, const float *x, const float *norm, float eps,
+                              cudaStream_t st) {
+    switch (set->w[0]->fmt) {
+    case ENG_W_BF16: return launch_fmt<ENG_W_BF16, NR, PRE, ACC, EPI>(set, x, norm, eps, st);
+    case ENG_W_I8: return launch_fmt<ENG_W_I8, NR, PRE, ACC, EPI>(set, x, norm, eps, st);
+    default: return launch_fmt<ENG_W_I4, NR, PRE, ACC, EPI>(set, x, norm, eps, st);
     }
 }
 
@@ -701,17 +822,17 @@ static cudaError_t launch_pre(const eng_weight *w, float *y, const float *x, con
  * plain, norm, norm + silu epilogue (gate_up), residual, silu prologue + residual, norm +
  * residual; anything else is composed by cuda_linear_ex. */
 template <int NR>
-static cudaError_t launch_gemv(const eng_weight *w, float *y, const float *x, int pre, int acc,
-                               int post, const float *norm, float eps, cudaStream_t st) {
+static cudaError_t launch_gemv(const lin_set *set, const float *x, int pre, int acc, int post,
+                               const float *norm, float eps, cudaStream_t st) {
     if (post == ENG_POST_SILU_MUL)
-        return launch_pre<NR, ENG_PRE_RMSNORM, 0, 1>(w, y, x, norm, eps, st);
+        return launch_pre<NR, ENG_PRE_RMSNORM, 0, 1>(set, x, norm, eps, st);
     if (pre == ENG_PRE_RMSNORM)
-        return acc ? launch_pre<NR, ENG_PRE_RMSNORM, 1, 0>(w, y, x, norm, eps, st)
-                   : launch_pre<NR, ENG_PRE_RMSNORM, 0, 0>(w, y, x, norm, eps, st);
+        return acc ? launch_pre<NR, ENG_PRE_RMSNORM, 1, 0>(set, x, norm, eps, st)
+                   : launch_pre<NR, ENG_PRE_RMSNORM, 0, 0>(set, x, norm, eps, st);
     if (pre == ENG_PRE_SILU_MUL)
-        return launch_pre<NR, ENG_PRE_SILU_MUL, 1, 0>(w, y, x, norm, eps, st);
-    return acc ? launch_pre<NR, ENG_PRE_NONE, 1, 0>(w, y, x, norm, eps, st)
-               : launch_pre<NR, ENG_PRE_NONE, 0, 0>(w, y, x, norm, eps, st);
+        return launch_pre<NR, ENG_PRE_SILU_MUL, 1, 0>(set, x, norm, eps, st);
+    return acc ? launch_pre<NR, ENG_PRE_NONE, 1, 0>(set, x, norm, eps, st)
+               : launch_pre<NR, ENG_PRE_NONE, 0, 0>(set, x, norm, eps, st);
 }
 
 static int vector_path_ok(const eng_weight *w) {
@@ -763,21 +884,24 @@ static int gemm_cublas(eng_backend *be, float *y, const float *x, const eng_weig
 
 /* Runs the small-n kernels over x in slices of 8, 4, 2 and 1 rows (decoding uses even row
  * counts; the model pads to power-of-two buckets). */
-static int gemv_rows(eng_backend *be, float *yp, const float *xp, const eng_weight *w, int64_t n,
-                     int pre, int acc, int post, const float *norm, float eps) {
+static int gemv_rows(eng_backend *be, const lin_set *set, const float *xp, int64_t n, int pre,
+                     int acc, int post, const float *norm, float eps) {
     cudaStream_t st = cuda_of(be)->stream;
-    int64_t xin = pre == ENG_PRE_SILU_MUL ? 2 * w->in : w->in;
+    int64_t xin = pre == ENG_PRE_SILU_MUL ? 2 * set->w[0]->in : set->w[0]->in;
     for (int64_t r0 = 0; r0 < n;) {
         int64_t left = n - r0;
         int m = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
         const float *xr = xp + r0 * xin;
-        float *yr = yp + r0 * (post == ENG_POST_SILU_MUL ? w->out / 2 : w->out);
+        lin_set rows = *set; /* the same weights, y from row r0 */
+        for (int i = 0; i < set->count; i++)
+            rows.y[i] = set->y[i] +
+                        r0 * (post == ENG_POST_SILU_MUL ? set->w[i]->out / 2 : set->w[i]->out);
         cudaError_t e;
         switch (m) {
-        case 8: e = launch_gemv<8>(w, yr, xr, pre, acc, post, norm, eps, st); break;
-        case 4: e = launch_gemv<4>(w, yr, xr, pre, acc, post, norm, eps, st); break;
-        case 2: e = launch_gemv<2>(w, yr, xr, pre, acc, post, norm, eps, st); break;
-        default: e = launch_gemv<1>(w, yr, xr, pre, acc, post, norm, eps, st); break;
+        case 8: e = launch_gemv<8>(&rows, xr, pre, acc, post, norm, eps, st); break;
+        case 4: e = launch_gemv<4>(&rows, xr, pre, acc, post, norm, eps, st); break;
+        case 2: e = launch_gemv<2>(&rows, xr, pre, acc, post, norm, eps, st); break;
+        default: e = launch_gemv<1>(&rows, xr, pre, acc, post, norm, eps, st); break;
         }
         if (e != cudaSuccess)
             return eng_backend_fail(be, ENG_EDEVICE, "linear: launch: %s", cudaGetErrorString(e));
@@ -819,13 +943,16 @@ static int mma_path_ok(const eng_weight *w, int64_t n) {
 /* Grid of k_mma: one block per WARPS m-tiles along x; along y the k-steps split into up to
  * MMA_MAX_CLUSTER blocks of one cluster, enough that small matrices still fill the GPU. */
 template <int FMT, int NT, int PRE, int ACC, int EPI>
-static cudaError_t launch_mma_k(const eng_weight *w, float *y, const float *x, int n,
-                                const float *norm, float eps, cudaStream_t st) {
-    int64_t mtiles = EPI ? (w->out / 2 + 7) / 8 : (w->out + 15) / 16;
+static cudaError_t launch_mma_k(const lin_set *set, const float *x, int n, const float *norm,
+                                float eps, cudaStream_t st) {
+    const eng_weight *w = set->w[0];
     constexpr int WARPS = mma_cfg<FMT, NT>::WARPS;
-    int64_t mblocks = (mtiles + WARPS - 1) / WARPS;
+    int64_t mblocks; /* m-tiles of 16 rows (epilogue: 8 gate + 8 up rows), WARPS a block */
+    lin_segs segs = make_segs(set, EPI, EPI ? 8 : 16, WARPS, &mblocks);
     int steps = (int)(w->in / mma_cfg<FMT, NT>::KW);
-    int64_t split = (MMA_TARGET_BLOCKS + mblocks - 1) / mblocks;
+    /* Rounded, not ceiled: 256 m-blocks (gate_up) stay one block a column that streams all of
+     * k, rather than 512 half-length blocks and a cluster reduction. */
+    int64_t split = (MMA_TARGET_BLOCKS + mblocks / 2) / mblocks;
     if (split > MMA_MAX_CLUSTER) split = MMA_MAX_CLUSTER;
     if (split > steps) split = steps;
     if (split < 1) split = 1;
@@ -844,46 +971,46 @@ static cudaError_t launch_mma_k(const eng_weight *w, float *y, const float *x, i
     attr[1].val.clusterDim.z = 1;
     cfg.attrs = attr;
     cfg.numAttrs = split > 1 ? 2 : 1;
-    return cudaLaunchKernelEx(&cfg, k_mma<FMT, NT, PRE, ACC, EPI>, y, x, (const uint4 *)w->data,
-                              w->scales, n, (int)w->out, (int)w->in, w->group, norm, eps, per);
+    return cudaLaunchKernelEx(&cfg, k_mma<FMT, NT, PRE, ACC, EPI>, segs, x, n, (int)w->in,
+                              w->group, norm, eps, per);
 }
 
 template <int FMT, int PRE, int ACC, int EPI>
-static cudaError_t launch_mma_nt(const eng_weight *w, float *y, const float *x, int n,
-                                 const float *norm, float eps, cudaStream_t st) {
-    if (n <= 8) return launch_mma_k<FMT, 1, PRE, ACC, EPI>(w, y, x, n, norm, eps, st);
-    if (n <= 16) return launch_mma_k<FMT, 2, PRE, ACC, EPI>(w, y, x, n, norm, eps, st);
-    if (n <= 32) return launch_mma_k<FMT, 4, PRE, ACC, EPI>(w, y, x, n, norm, eps, st);
-    if (n <= 64) return launch_mma_k<FMT, 8, PRE, ACC, EPI>(w, y, x, n, norm, eps, st);
-    return launch_mma_k<FMT, 16, PRE, ACC, EPI>(w, y, x, n, norm, eps, st);
+static cudaError_t launch_mma_nt(const lin_set *set, const float *x, int n, const float *norm,
+                                 float eps, cudaStream_t st) {
+    if (n <= 8) return launch_mma_k<FMT, 1, PRE, ACC, EPI>(set, x, n, norm, eps, st);
+    if (n <= 16) return launch_mma_k<FMT, 2, PRE, ACC, EPI>(set, x, n, norm, eps, st);
+    if (n <= 32) return launch_mma_k<FMT, 4, PRE, ACC, EPI>(set, x, n, norm, eps, st);
+    if (n <= 64) return launch_mma_k<FMT, 8, PRE, ACC, EPI>(set, x, n, norm, eps, st);
+    return launch_mma_k<FMT, 16, PRE, ACC, EPI>(set, x, n, norm, eps, st);
 }
 
 template <int PRE, int ACC, int EPI>
-static cudaError_t launch_mma_fmt(const eng_weight *w, float *y, const float *x, int n,
-                                  const float *norm, float eps, cudaStream_t st) {
-    switch (w->fmt) {
-    case ENG_W_BF16: return launch_mma_nt<ENG_W_BF16, PRE, ACC, EPI>(w, y, x, n, norm, eps, st);
-    case ENG_W_I8: return launch_mma_nt<ENG_W_I8, PRE, ACC, EPI>(w, y, x, n, norm, eps, st);
-    default: return launch_mma_nt<ENG_W_I4, PRE, ACC, EPI>(w, y, x, n, norm, eps, st);
+static cudaError_t launch_mma_fmt(const lin_set *set, const float *x, int n, const float *norm,
+                                  float eps, cudaStream_t st) {
+    switch (set->w[0]->fmt) {
+    case ENG_W_BF16: return launch_mma_nt<ENG_W_BF16, PRE, ACC, EPI>(set, x, n, norm, eps, st);
+    case ENG_W_I8: return launch_mma_nt<ENG_W_I8, PRE, ACC, EPI>(set, x, n, norm, eps, st);
+    default: return launch_mma_nt<ENG_W_I4, PRE, ACC, EPI>(set, x, n, norm, eps, st);
     }
 }
 
 /* The tensor-core product for the same fused combinations as launch_gemv. */
-static int linear_mma(eng_backend *be, float *y, const float *x, const eng_weight *w, int64_t n,
-                      int pre, int acc, int post, const float *norm, float eps) {
+static int linear_mma(eng_backend *be, const lin_set *set, const float *x, int64_t n, int pre,
+                      int acc, int post, const float *norm, float eps) {
     cudaStream_t st = cuda_of(be)->stream;
     int rows = (int)n;
     cudaError_t e;
     if (post == ENG_POST_SILU_MUL)
-        e = launch_mma_fmt<ENG_PRE_RMSNORM, 0, 1>(w, y, x, rows, norm, eps, st);
+        e = launch_mma_fmt<ENG_PRE_RMSNORM, 0, 1>(set, x, rows, norm, eps, st);
     else if (pre == ENG_PRE_RMSNORM)
-        e = acc ? launch_mma_fmt<ENG_PRE_RMSNORM, 1, 0>(w, y, x, rows, norm, eps, st)
-                : launch_mma_fmt<ENG_PRE_RMSNORM, 0, 0>(w, y, x, rows, norm, eps, st);
+        e = acc ? launch_mma_fmt<ENG_PRE_RMSNORM, 1, 0>(set, x, rows, norm, eps, st)
+                : launch_mma_fmt<ENG_PRE_RMSNORM, 0, 0>(set, x, rows, norm, eps, st);
     else if (pre == ENG_PRE_SILU_MUL)
-        e = launch_mma_fmt<ENG_PRE_SILU_MUL, 1, 0>(w, y, x, rows, norm, eps, st);
+        e = launch_mma_fmt<ENG_PRE_SILU_MUL, 1, 0>(set, x, rows, norm, eps, st);
     else
-        e = acc ? launch_mma_fmt<ENG_PRE_NONE, 1, 0>(w, y, x, rows, norm, eps, st)
-                : launch_mma_fmt<ENG_PRE_NONE, 0, 0>(w, y, x, rows, norm, eps, st);
+        e = acc ? launch_mma_fmt<ENG_PRE_NONE, 1, 0>(set, x, rows, norm, eps, st)
+                : launch_mma_fmt<ENG_PRE_NONE, 0, 0>(set, x, rows, norm, eps, st);
     if (e != cudaSuccess)
         return eng_backend_fail(be, ENG_EDEVICE, "linear: launch: %s", cudaGetErrorString(e));
     return 0;
@@ -910,8 +1037,9 @@ int cuda_linear(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_w
     if (n == 0) return 0;
     const float *xp = (const float *)x->data;
     float *yp = (float *)y->data;
+    lin_set set = lin_one(w, yp);
     if (mma_path_ok(w, n))
-        return linear_mma(be, yp, xp, w, n, ENG_PRE_NONE, 0, ENG_POST_NONE, NULL, 0.f);
+        return linear_mma(be, &set, xp, n, ENG_PRE_NONE, 0, ENG_POST_NONE, NULL, 0.f);
     if (n > 2 * GEMV_MAX_ROWS) return gemm_cublas(be, yp, xp, w, (int)n);
     if (!vector_path_ok(w)) {
         int blocks = (int)((w->out + GEMV_WARPS - 1) / GEMV_WARPS);
@@ -920,7 +1048,7 @@ int cuda_linear(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_w
         CU_LAUNCHED(be);
         return 0;
     }
-    return gemv_rows(be, yp, xp, w, n, ENG_PRE_NONE, 0, ENG_POST_NONE, NULL, 0.f);
+    return gemv_rows(be, &set, xp, n, ENG_PRE_NONE, 0, ENG_POST_NONE, NULL, 0.f);
 }
 
 /* Fused where the small-n kernels apply (the instantiated combinations); otherwise composed of
@@ -965,9 +1093,78 @@ int cuda_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const en
                  (long long)w->out, (long long)w->in);
     if (n == 0) return 0;
     const float *norm = a->pre == ENG_PRE_RMSNORM ? (const float *)a->norm->data : NULL;
+    lin_set set = lin_one(w, (float *)y->data);
     if (mma)
-        return linear_mma(be, (float *)y->data, (const float *)x->data, w, n, a->pre,
-                          a->accumulate, post, norm, a->eps);
-    return gemv_rows(be, (float *)y->data, (const float *)x->data, w, n, a->pre, a->accumulate,
-                     post, norm, a->eps);
+        return linear_mma(be, &set, (const float *)x->data, n, a->pre, a->accumulate, post, norm,
+                          a->eps);
+    return gemv_rows(be, &set, (const float *)x->data, n, a->pre, a->accumulate, post, norm,
+                     a->eps);
+}
+
+/* y[i] = pre(x) . W[i]^T (pre: none or the norm) in one launch per LIN_MAX_SEGS weights when
+ * they share format, in and group and the rows take k_mma or k_gemv: the kernel's grid covers
+ * every weight's row blocks back to back. Otherwise the prologue runs once into a->tmp_in and
+ * the plain products follow (cuBLAS row counts), or, when the weights differ, each goes through
+ * cuda_linear_ex. */
+int cuda_linear_group(eng_backend *be, int count, eng_tensor *const *y, const eng_tensor *x,
+                      const eng_weight *const *w, const eng_linear_args *a) {
+    CUDA_REQUIRE(be, count >= 0 && (count == 0 || (y && w && a)), "linear_group",
+                 "count %d with missing outputs, weights or args", count);
+    if (count == 0) return 0;
+    int64_t n = x->shape[0];
+    const eng_weight *w0 = w[0];
+    int same = a->pre != ENG_PRE_SILU_MUL;
+    for (int i = 0; i < count && same; i++)
+        same = w[i]->fmt == w0->fmt && w[i]->in == w0->in && w[i]->group == w0->group &&
+               w[i]->out >= 1;
+    if (!same) {
+        eng_linear_args one = *a;
+        one.accumulate = 0;
+        one.post = ENG_POST_NONE;
+        for (int i = 0; i < count; i++) {
+            int rc = cuda_linear_ex(be, y[i], x, w[i], &one);
+            if (rc) return rc;
+        }
+        return 0;
+    }
+    int mma = mma_path_ok(w0, n);
+    int fused = (mma || (n <= 2 * GEMV_MAX_ROWS && vector_path_ok(w0))) &&
+                (a->pre != ENG_PRE_RMSNORM || (a->norm && eng_numel(a->norm) == w0->in));
+    if (!fused) {
+        const eng_tensor *in = x;
+        if (a->pre == ENG_PRE_RMSNORM) {
+            CUDA_REQUIRE(be, a->tmp_in != NULL, "linear_group", "pre-op needs tmp_in scratch");
+            int rc = cuda_rmsnorm(be, a->tmp_in, x, a->norm, a->eps);
+            if (rc) return rc;
+            in = a->tmp_in;
+        }
+        for (int i = 0; i < count; i++) {
+            int rc = cuda_linear(be, y[i], in, w[i]);
+            if (rc) return rc;
+        }
+        return 0;
+    }
+    CUDA_REQUIRE(be, x->dtype == ENG_DT_F32 && eng_numel(x) == n * w0->in, "linear_group",
+                 "x must be F32 [n, %lld]", (long long)w0->in);
+    for (int i = 0; i < count; i++)
+        CUDA_REQUIRE(be, y[i]->dtype == ENG_DT_F32 && eng_numel(y[i]) == n * w[i]->out,
+                     "linear_group", "y[%d] has %lld values for n=%lld and weight [%lld, %lld]",
+                     i, (long long)eng_numel(y[i]), (long long)n, (long long)w[i]->out,
+                     (long long)w[i]->in);
+    if (n == 0) return 0;
+    const float *norm = a->pre == ENG_PRE_RMSNORM ? (const float *)a->norm->data : NULL;
+    const float *xp = (const float *)x->data;
+    for (int i0 = 0; i0 < count; i0 += LIN_MAX_SEGS) {
+        lin_set set;
+        memset(&set, 0, sizeof set);
+        set.count = count - i0 < LIN_MAX_SEGS ? count - i0 : LIN_MAX_SEGS;
+        for (int i = 0; i < set.count; i++) {
+            set.w[i] = w[i0 + i];
+            set.y[i] = (float *)y[i0 + i]->data;
+        }
+        int rc = mma ? linear_mma(be, &set, xp, n, a->pre, 0, ENG_POST_NONE, norm, a->eps)
+                     : gemv_rows(be, &set, xp, n, a->pre, 0, ENG_POST_NONE, norm, a->eps);
+        if (rc) return rc;
+    }
+    return 0;
 }

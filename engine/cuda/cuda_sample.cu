@@ -175,7 +175,8 @@ k_sample(int32_t *picks, float *scores, const float *logits, const eng_sample_se
          int V, int rows, int eos) {
     __shared__ sample_smem s;
     int ch = blockIdx.x, e = blockIdx.y, tid = threadIdx.x;
-    eng_sample_seq p = params[e];
+    eng_sample_seq p = params[e]; /* a step input: read before waiting on the logits */
+    pdl_wait();
     /* unused entries, and rows outside the logits (the CPU op reports those; here the params
      * live on the device, so the entry is skipped rather than read out of bounds) */
     if (p.row < 0 || p.row >= rows || p.row_uncond >= rows) return;
@@ -356,10 +357,18 @@ int cuda_sample(eng_backend *be, eng_tensor *picks, eng_tensor *scores, const en
                  (long long)eng_numel(picks), (long long)eng_numel(params), (long long)n,
                  (long long)C, (long long)V, SAMPLE_MAX_VOCAB);
     if (!n || !C) return 0;
-    dim3 grid((unsigned)C, (unsigned)n);
-    k_sample<<<grid, SAMPLE_THREADS, 0, cuda_of(be)->stream>>>(
-        (int32_t *)picks->data, (float *)scores->data, (const float *)logits->data,
-        (const eng_sample_seq *)params->data, (int)C, (int)V, (int)logits->shape[0], eos_id);
-    CU_LAUNCHED(be);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)C, (unsigned)n);
+    cfg.blockDim = dim3(SAMPLE_THREADS);
+    cfg.stream = cuda_of(be)->stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = cuda_pdl_enabled() ? 1 : 0;
+    CU_CHECK(be, cudaLaunchKernelEx(&cfg, k_sample, (int32_t *)picks->data, (float *)scores->data,
+                                    (const float *)logits->data,
+                                    (const eng_sample_seq *)params->data, (int)C, (int)V,
+                                    (int)logits->shape[0], eos_id));
     return 0;
 }

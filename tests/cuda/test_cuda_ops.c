@@ -286,6 +286,87 @@ TEST(linear_ex_decoder_shapes) {
     }
 }
 
+/* eng_linear_group (norm prologue, count weights sharing x) on both backends for each row count
+ * in ns; fmts[i] and outs[i] give weight i. The CPU composes rmsnorm + plain products; CUDA runs
+ * one launch when the formats agree, else one fused product per weight. Tolerances as
+ * linear_ex. */
+#define GROUP_MAX 8
+static void check_linear_group_rows(int count, const eng_wfmt *fmts, const int64_t *outs,
+                                    int64_t in, const int64_t *ns, size_t nns) {
+    void *owned[GROUP_MAX];
+    float *scales[GROUP_MAX];
+    eng_weight wc[GROUP_MAX], wg[GROUP_MAX];
+    const eng_weight *pwc[GROUP_MAX], *pwg[GROUP_MAX];
+    ASSERT_TRUE(count <= GROUP_MAX);
+    for (int i = 0; i < count; i++) {
+        eng_weight host = make_host_weight(fmts[i], outs[i], in, &owned[i], &scales[i]);
+        ASSERT_OK(cpu->ops->weight_load(cpu, &host, &wc[i]));
+        ASSERT_OK(gpu->ops->weight_load(gpu, &host, &wg[i]));
+        pwc[i] = &wc[i];
+        pwg[i] = &wg[i];
+    }
+    float *nw = rand_array((size_t)in, 1.0f);
+    int64_t nsh[1] = {in};
+    pair pn = make_pair(nw, ENG_DT_F32, 1, nsh);
+    int bad = 0;
+    for (size_t k = 0; k < nns && !bad; k++) {
+        int64_t n = ns[k], xs[2] = {n, in};
+        float *x = rand_array((size_t)(n * in), 2.0f);
+        pair px = make_pair(x, ENG_DT_F32, 2, xs), ti = make_pair(NULL, ENG_DT_F32, 2, xs);
+        pair py[GROUP_MAX];
+        eng_tensor *yc[GROUP_MAX], *yg[GROUP_MAX];
+        for (int i = 0; i < count; i++) {
+            int64_t ys[2] = {n, outs[i]};
+            py[i] = make_pair(NULL, ENG_DT_F32, 2, ys);
+            yc[i] = &py[i].c;
+            yg[i] = &py[i].g;
+        }
+        eng_linear_args ac = {ENG_PRE_RMSNORM, &pn.c, 1e-5f, 0, &ti.c, NULL, ENG_POST_NONE};
+        eng_linear_args ag = {ENG_PRE_RMSNORM, &pn.g, 1e-5f, 0, &ti.g, NULL, ENG_POST_NONE};
+        ASSERT_OK(eng_linear_group(cpu, count, yc, &px.c, pwc, &ac));
+        ASSERT_OK(eng_linear_group(gpu, count, yg, &px.g, pwg, &ag));
+        for (int i = 0; i < count && !bad; i++) {
+            char what[112];
+            snprintf(what, sizeof what, "linear_group %d/%d %s n=%lld [%lld,%lld]", i, count,
+                     eng_wfmt_name(fmts[i]), (long long)n, (long long)outs[i], (long long)in);
+            int coarse = bf16_activations(fmts[i], n, in);
+            bad = same(what, &py[i], coarse ? 3e-2 : 5e-4, coarse ? 1e-2 : 2e-4);
+        }
+        for (int i = 0; i < count; i++) free_pair(&py[i]);
+        free_pair(&px); free_pair(&ti);
+        free(x);
+    }
+    for (int i = 0; i < count; i++) {
+        cpu->ops->weight_release(cpu, &wc[i]);
+        gpu->ops->weight_release(gpu, &wg[i]);
+        free(owned[i]); free(scales[i]);
+    }
+    free_pair(&pn);
+    free(nw);
+    ASSERT_EQ(bad, 0);
+}
+
+/* q/k/v of the decoder's self-attention (one launch per format and row count), small odd shapes
+ * (cut m-tiles; in = 96 leaves int8/int4 to the GEMV), five weights (two launches) and mixed
+ * formats (one product per weight). */
+TEST(linear_group_qkv) {
+    const int64_t ns[] = {1, 2, 3, 8, 32, 128};
+    const int64_t qkv[] = {2048, 512, 512}, odd[] = {100, 36, 36}, five[] = {64, 48, 32, 16, 8};
+    for (size_t f = 0; f < 3; f++) {
+        eng_wfmt fm[5] = {all_fmts[f], all_fmts[f], all_fmts[f], all_fmts[f], all_fmts[f]};
+        check_linear_group_rows(3, fm, qkv, 2048, ns, 6);
+        if (test_failed_) return;
+        check_linear_group_rows(3, fm, odd, 256, ns, 6);
+        if (test_failed_) return;
+        check_linear_group_rows(3, fm, odd, 96, ns, 6);
+        if (test_failed_) return;
+        check_linear_group_rows(5, fm, five, 512, ns, 6);
+        if (test_failed_) return;
+    }
+    const eng_wfmt mixed[3] = {ENG_W_I8, ENG_W_I4, ENG_W_I4};
+    check_linear_group_rows(3, mixed, odd, 256, ns, 6);
+}
+
 /* The tensor-core path inside a captured graph (k split over a cluster: out = 512), replayed
  * with new inputs. */
 TEST(linear_tensor_core_graph_replay) {

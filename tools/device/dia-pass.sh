@@ -27,7 +27,7 @@ for w in $what; do
              cat "$OUT/steps_$f.json"; tail -3 "$OUT/steps_$f.err"
            done ;;
     profile) for f in bf16 int8; do
-             VOXQ_CUDA_PROFILE=1 $G/voxq-bench steps --random-full --fmt $f --seqs 1,16 --steps 32 \
+             VOXQ_CUDA_PROFILE=1 $G/voxq-bench steps --random-full --fmt $f --seqs ${PROFILE_SEQS:-1,16} --steps 32 \
                --text-len 128 --device cuda > "$OUT/profile_$f.json" 2>"$OUT/profile_$f.err";
              echo "profile $f rc=$?"; cat "$OUT/profile_$f.json"
            done ;;
