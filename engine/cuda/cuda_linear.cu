@@ -921,20 +921,31 @@ static int gemv_old(void) {
     return old;
 }
 
-/* Whether the tensor-core kernel takes this product: 1..128 rows of x for int8/int4; bf16 weights
- * from 3 to 32 rows (at 1-2 rows k_gemv already streams bf16 near the copy bandwidth; above 32
- * cuBLAS needs no staging of x per 64-128 weight rows); whole k-steps; int4 groups of a multiple
- * of 128. */
+/* Fewest rows an int8 product takes the tensor-core kernel at: 1, or VOXQ_CUDA_MMA_INT8_MIN_ROWS
+ * read once (A/B timing; tests/cuda reads it too, for its tolerances). At 1-2 rows the FFMA
+ * GEMV is slightly faster alone (weights-only step 0.98 vs 1.02 ms) but the decoder step is
+ * faster with k_mma (1.167 vs 1.237 ms, H200, same call): its weight loads start before the
+ * previous kernel ends. */
+static int mma_int8_min_rows(void) {
+    static int rows;
+    if (!rows) {
+        const char *e = getenv("VOXQ_CUDA_MMA_INT8_MIN_ROWS");
+        long v = e ? strtol(e, NULL, 10) : 1;
+        rows = v >= 1 && v <= 65 ? (int)v : 1;
+    }
+    return rows;
+}
+
 /* Where the tensor-core kernel is the faster one, measured on an H200 (bench_cuda_gemv, the
- * decoder's weights in one graph; docs/perf-notes.md, session 2): bf16 from 3 to 16 rows (at 2
- * rows the FFMA GEMV streams at 3.1 TB/s, at 32 cuBLAS wins), int8 from 3 to 64 rows (at 1-2
- * rows the FFMA GEMV wins, 0.99 vs 1.26 ms; at 128 expanding to bf16 for cuBLAS does, 4.7 vs
- * 6.0 ms), int4 at every row count (1 sequence: 0.86 vs 1.71 ms). */
+ * decoder's weights in one graph, and voxq-bench steps; docs/perf-notes.md, session 2): bf16
+ * from 3 to 16 rows (at 2 rows the FFMA GEMV streams at 3.1 TB/s, at 32 cuBLAS wins), int8 up
+ * to 64 rows (at 128 expanding to bf16 for cuBLAS wins, 4.7 vs 5.7-6.0 ms), int4 at every row
+ * count (1 sequence: 0.79 vs 1.71 ms). */
 static int mma_path_ok(const eng_weight *w, int64_t n) {
     if (gemv_old() || n < 1 || n > MMA_MAX_ROWS || w->out < 1) return 0;
     switch (w->fmt) {
     case ENG_W_BF16: return n > 2 && n <= 16 && w->in % 32 == 0;
-    case ENG_W_I8: return n > 2 && n <= 64 && w->in % 64 == 0;
+    case ENG_W_I8: return n >= mma_int8_min_rows() && n <= 64 && w->in % 64 == 0;
     case ENG_W_I4: return w->in % 128 == 0 && w->group > 0 && w->group % 128 == 0;
     default: return 0;
     }
