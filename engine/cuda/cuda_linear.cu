@@ -717,6 +717,56 @@ __global__ void k_dequant_bf16(__nv_bfloat16 *dst, const void *w, const float *s
     }
 }
 
+/* Two floats as a bf16 pair (lo in the low half), rounded to nearest. */
+__device__ __forceinline__ uint32_t bf16_pair(float lo, float hi) {
+    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(lo)) |
+           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16_rn(hi)) << 16);
+}
+
+/* The same expansion as k_dequant_bf16 (same products, same rounding), one 16-byte chunk of
+ * weights per thread: 16 int8 values (one row scale) or 32 int4 values (one group scale, as
+ * group % 32 == 0), written as 32 or 64 bytes of bf16. No division per element: the cuBLAS path
+ * expands every int8/int4 weight each call, so this runs at copy speed instead of ~3x slower. */
+template <int FMT>
+__global__ void k_dequant_bf16_vec(uint4 *dst, const uint4 *w, const float *scales,
+                                   unsigned chunks_per_row, unsigned nchunks, int ngroups,
+                                   int group) {
+    unsigned c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= nchunks) return;
+    unsigned row = c / chunks_per_row;
+    uint4 q = __ldg(w + c);
+    uint32_t words[4] = {q.x, q.y, q.z, q.w};
+    if (FMT == ENG_W_I8) {
+        float sc = __ldg(scales + row);
+        uint32_t o[8];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float v[4];
+#pragma unroll
+            for (int b = 0; b < 4; b++) v[b] = (float)(int8_t)(words[i] >> (8 * b)) * sc;
+            o[2 * i] = bf16_pair(v[0], v[1]);
+            o[2 * i + 1] = bf16_pair(v[2], v[3]);
+        }
+        dst[2 * (size_t)c] = make_uint4(o[0], o[1], o[2], o[3]);
+        dst[2 * (size_t)c + 1] = make_uint4(o[4], o[5], o[6], o[7]);
+    } else {
+        unsigned k0 = (c - row * chunks_per_row) * 32u;
+        float sc = __ldg(scales + (size_t)row * ngroups + k0 / (unsigned)group);
+        uint32_t o[16];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+#pragma unroll
+            for (int b = 0; b < 4; b++) { /* byte b of word i: values 2j (low), 2j+1 (high) */
+                uint32_t byte = (words[i] >> (8 * b)) & 0xffu;
+                o[4 * i + b] = bf16_pair((float)((int)(byte & 15u) - 8) * sc,
+                                         (float)((int)(byte >> 4) - 8) * sc);
+            }
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            dst[4 * (size_t)c + u] = make_uint4(o[4 * u], o[4 * u + 1], o[4 * u + 2], o[4 * u + 3]);
+    }
+}
+
 __global__ void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
@@ -870,8 +920,23 @@ static int gemm_cublas(eng_backend *be, float *y, const float *x, const eng_weig
     CU_LAUNCHED(be);
     if (needs_w) {
         wb = (__nv_bfloat16 *)((char *)scratch + ((xel * 2 + 255) / 256) * 256);
-        k_dequant_bf16<<<1024, 256, 0, c->stream>>>(wb, w->data, w->scales, w->fmt, (int)w->out,
-                                                    (int)w->in, w->group);
+        size_t vals = w->fmt == ENG_W_I8 ? 16 : 32, total = (size_t)w->out * (size_t)w->in;
+        int vec = w->in % (int64_t)vals == 0 && total / vals < (1u << 31) &&
+                  (w->fmt == ENG_W_I8 || (w->group > 0 && w->group % 32 == 0));
+        if (vec) {
+            unsigned cpr = (unsigned)(w->in / (int64_t)vals), nch = (unsigned)(total / vals);
+            int ngroups = w->fmt == ENG_W_I4 ? (int)((w->in + w->group - 1) / w->group) : 1;
+            unsigned blocks = (nch + 255) / 256;
+            if (w->fmt == ENG_W_I8)
+                k_dequant_bf16_vec<ENG_W_I8><<<blocks, 256, 0, c->stream>>>(
+                    (uint4 *)wb, (const uint4 *)w->data, w->scales, cpr, nch, ngroups, w->group);
+            else
+                k_dequant_bf16_vec<ENG_W_I4><<<blocks, 256, 0, c->stream>>>(
+                    (uint4 *)wb, (const uint4 *)w->data, w->scales, cpr, nch, ngroups, w->group);
+        } else {
+            k_dequant_bf16<<<1024, 256, 0, c->stream>>>(wb, w->data, w->scales, w->fmt,
+                                                        (int)w->out, (int)w->in, w->group);
+        }
         CU_LAUNCHED(be);
     }
     const float one = 1.f, zero = 0.f;
@@ -936,17 +1001,37 @@ static int mma_int8_min_rows(void) {
     return rows;
 }
 
+/* Most rows an int8 / int4 product takes the tensor-core kernel at (more go to cuBLAS after
+ * expanding the weight to bf16): 64 / 64, or VOXQ_CUDA_MMA_INT8_MAX_ROWS /
+ * VOXQ_CUDA_MMA_INT4_MAX_ROWS read once (A/B timing). With the vectorized expansion, 128 rows
+ * run faster through cuBLAS for both (H200 weights-only step: int8 2.96 vs ~5.7 ms, int4 3.52
+ * vs 5.71 ms), 32 rows through k_mma (int8 1.60 vs 2.63 ms). */
+static int mma_max_rows(eng_wfmt fmt) {
+    static int i8, i4;
+    if (!i8) {
+        const char *e8 = getenv("VOXQ_CUDA_MMA_INT8_MAX_ROWS");
+        const char *e4 = getenv("VOXQ_CUDA_MMA_INT4_MAX_ROWS");
+        long v8 = e8 ? strtol(e8, NULL, 10) : 64, v4 = e4 ? strtol(e4, NULL, 10) : 64;
+        i8 = v8 >= 0 && v8 <= 128 ? (int)v8 : 64;
+        i4 = v4 >= 0 && v4 <= 128 ? (int)v4 : 64;
+        if (!i8) i8 = -1; /* 0: never (kept distinct from "not read yet") */
+        if (!i4) i4 = -1;
+    }
+    return fmt == ENG_W_I8 ? i8 : i4;
+}
+
 /* Where the tensor-core kernel is the faster one, measured on an H200 (bench_cuda_gemv, the
  * decoder's weights in one graph, and voxq-bench steps; docs/perf-notes.md, session 2): bf16
- * from 3 to 16 rows (at 2 rows the FFMA GEMV streams at 3.1 TB/s, at 32 cuBLAS wins), int8 up
- * to 64 rows (at 128 expanding to bf16 for cuBLAS wins, 4.7 vs 5.7-6.0 ms), int4 at every row
- * count (1 sequence: 0.79 vs 1.71 ms). */
+ * from 3 to 16 rows (at 2 rows the FFMA GEMV streams at 3.1 TB/s, at 32 cuBLAS wins), int8 and
+ * int4 up to 64 rows (1 sequence int4: 0.79 vs 1.71 ms; at 128 rows cuBLAS, see above). */
 static int mma_path_ok(const eng_weight *w, int64_t n) {
     if (gemv_old() || n < 1 || n > MMA_MAX_ROWS || w->out < 1) return 0;
     switch (w->fmt) {
     case ENG_W_BF16: return n > 2 && n <= 16 && w->in % 32 == 0;
-    case ENG_W_I8: return n >= mma_int8_min_rows() && n <= 64 && w->in % 64 == 0;
-    case ENG_W_I4: return w->in % 128 == 0 && w->group > 0 && w->group % 128 == 0;
+    case ENG_W_I8: return n >= mma_int8_min_rows() && n <= mma_max_rows(ENG_W_I8) &&
+                          w->in % 64 == 0;
+    case ENG_W_I4: return n <= mma_max_rows(ENG_W_I4) && w->in % 128 == 0 && w->group > 0 &&
+                          w->group % 128 == 0;
     default: return 0;
     }
 }

@@ -134,15 +134,19 @@ static eng_weight make_host_weight(eng_wfmt fmt, int64_t out, int64_t in, void *
  * way): every n > 16, and the tensor-core path on whole k-steps (bf16 weights from 3 rows with
  * in % 32 == 0, int8 with in % 64 == 0, int4 with in % 128 == 0; mma_path_ok in
  * engine/cuda/cuda_linear.cu). Otherwise the GEMV keeps f32 activations. */
+/* An integer knob of the CUDA linear's policy as the kernel reads it (default when unset). */
+static long policy_knob(const char *name, long def, long lo, long hi) {
+    const char *e = getenv(name);
+    long v = e ? strtol(e, NULL, 10) : def;
+    return v >= lo && v <= hi ? v : def;
+}
+
 static int bf16_activations(eng_wfmt fmt, int64_t n, int64_t in) {
     if (n > 16) return 1;
     switch (fmt) {
     case ENG_W_BF16: return n > 2 && in % 32 == 0;
-    case ENG_W_I8: {
-        const char *e = getenv("VOXQ_CUDA_MMA_INT8_MIN_ROWS"); /* the kernel's policy knob */
-        long min_rows = e ? strtol(e, NULL, 10) : 1;
-        return n >= (min_rows >= 1 && min_rows <= 65 ? min_rows : 1) && in % 64 == 0;
-    }
+    case ENG_W_I8:
+        return n >= policy_knob("VOXQ_CUDA_MMA_INT8_MIN_ROWS", 1, 1, 65) && in % 64 == 0;
     default: return in % 128 == 0;
     }
 }
