@@ -194,4 +194,45 @@ TEST(batched_jobs_match_one_at_a_time) {
     for (int i = 0; i < 4; i++) ASSERT_STREQ(sha[1][i], sha[0][i]);
 }
 
+/* Continuous batching around a long job: a short job admitted beside it finishes while it runs,
+ * a job the engine refuses (a variant it does not serve) fails at once without disturbing it,
+ * cancelling it stops it mid-run, and the engine then serves the next job. */
+TEST(batched_cancel_and_refusal_beside_a_long_job) {
+    SETUP();
+    char log[400];
+    static const char *const env[] = {"VOXQ_TEST_FAKE_ENGINE=0", "VOXQ_MODEL=dia-tiny",
+                                      "VOXQ_CODEC=dac-tiny",     "VOXQ_DEVICE=cpu",
+                                      "VOXQ_THREADS=2",          "VOXQ_STALL_S=120",
+                                      "VOXQ_CONCURRENCY=2",      NULL};
+    /* the tiny codec runs 5,512 frames a second: 0.55 s is ~3,000 steps (seed 1 picks no EOS
+     * before), 0.1 s ~550 */
+    wf_push("voxq:jobs", "{\"id\":\"long\",\"type\":\"synthesize\",\"text\":\"[S1] A long line. "
+                         "[S2] Another one.\",\"seed\":1,\"max_seconds\":0.55}");
+    wf_push("voxq:jobs", "{\"id\":\"short\",\"type\":\"synthesize\",\"text\":\"[S1] Hi.\","
+                         "\"seed\":3,\"max_seconds\":0.1}");
+    wf_spawn(env, log, sizeof log);
+    ASSERT_TRUE(wf_wait_state("short", "succeeded", 60000));
+    char *st = wf_field("long", "state");
+    ASSERT_STREQ(st, "running"); /* the short job joined and left while the long one ran */
+    free(st);
+    wf_push("voxq:jobs", "{\"id\":\"other\",\"type\":\"synthesize\",\"text\":\"[S1] x\","
+                         "\"variant\":\"int4\"}");
+    ASSERT_TRUE(wf_wait_state("other", "failed", 30000));
+    char *err = wf_field("other", "error");
+    ASSERT_CONTAINS(err, "variant");
+    free(err);
+    st = wf_field("long", "state");
+    ASSERT_STREQ(st, "running");
+    free(st);
+    redisReply *r = rf_cmd("SET voxq:cancel:long 1 EX 86400");
+    freeReplyObject(r);
+    r = rf_cmd("PUBLISH voxq:ev:cancel long");
+    freeReplyObject(r);
+    ASSERT_TRUE(wf_wait_state("long", "cancelled", 30000));
+    wf_push("voxq:jobs", "{\"id\":\"after\",\"type\":\"synthesize\",\"text\":\"[S2] Done.\","
+                         "\"seed\":3,\"max_seconds\":0.1}");
+    ASSERT_TRUE(wf_wait_state("after", "succeeded", 60000));
+    ASSERT_TRUE(wf_file_contains(log, "job short: decoding, 2 of 2 in flight"));
+}
+
 int main(int argc, char **argv) { return test_main(argc, argv); }
