@@ -25,11 +25,10 @@
 #define SWITCH_POLL_MS 5000
 #define DEFAULT_CODEC "dac-44khz"
 
-/* A task in flight: its sequence and how far it may go. */
+/* A task in flight and its sequence. */
 typedef struct dia_job {
     worker_task *t;
     dia_seq *seq;
-    int steps, max_steps;
 } dia_job;
 
 typedef struct dia_engine {
@@ -94,8 +93,7 @@ static int dia_admit(worker_engine *base, worker_task *t) {
     if (rc)
         return worker_task_fail(t, rc == ENG_EINVAL ? "invalid_input" : "engine_error",
                                 rc == ENG_EINVAL, "%s", err.msg);
-    int limit = dia_model_opts(e->dia)->max_frames - 1;
-    e->jobs[e->n_jobs++] = (dia_job){t, seq, 0, p.max_new_tokens < limit ? p.max_new_tokens : limit};
+    e->jobs[e->n_jobs++] = (dia_job){t, seq};
     worker_task_touch(t);
     if (base->max_active > 1)
         fprintf(stderr, "voxq worker: job %s: decoding, %d of %d in flight\n", t->id, e->n_jobs,
@@ -111,26 +109,19 @@ static int dia_active(worker_engine *base) {
 static int finish_audio(dia_engine *e, dia_job *j) {
     worker_task *t = j->t;
     eng_error err = {0};
-    int frames = 0;
-    dia_seq_codes(j->seq, NULL, 0, &frames, NULL);
-    int channels = dia_model_config(e->dia)->channels;
-    int32_t *codes = malloc((size_t)(frames ? frames : 1) * (size_t)channels * sizeof *codes);
-    if (!codes) return worker_task_fail(t, "out_of_memory", 0, "no memory for %d frames", frames);
-    if (dia_seq_codes(j->seq, codes, frames, &frames, &err)) {
-        free(codes);
-        return worker_task_fail(t, "engine_error", 0, "%s", err.msg);
-    }
+    dia_result res;
+    if (dia_seq_result(j->seq, &res, &err))
+        return worker_task_fail(t, err.code == ENG_ENOMEM ? "out_of_memory" : "engine_error", 0,
+                                "%s", err.msg);
     const dac_config *ccfg = dac_model_config(e->dac);
-    int64_t n = dac_samples(e->dac, frames);
+    int64_t n = dac_samples(e->dac, res.n_frames);
+    t->steps = res.steps;
     t->pcm = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
-    if (!t->pcm) {
-        free(codes);
+    int rc = t->pcm ? dac_decode(e->dac, res.codes, res.n_frames, t->pcm, &err) : -1;
+    dia_result_free(&res);
+    if (!t->pcm)
         return worker_task_fail(t, "out_of_memory", 0, "no memory for %lld samples",
                                 (long long)n);
-    }
-    int rc = dac_decode(e->dac, codes, frames, t->pcm, &err);
-    free(codes);
-    t->steps = j->steps;
     if (rc != 0) return worker_task_fail(t, "engine_error", 0, "codec: %s", err.msg);
     t->n_samples = n;
     t->sample_rate = ccfg->sampling_rate;
@@ -150,7 +141,8 @@ static int dia_step_all(worker_engine *base, worker_task **finished, int cap) {
         dia_job *j = &e->jobs[i];
         if (atomic_load(&j->t->cancel)) {
             j->t->cancelled = 1;
-            worker_task_fail(j->t, "cancelled", 1, "cancelled after %d steps", j->steps);
+            worker_task_fail(j->t, "cancelled", 1, "cancelled after %d steps",
+                             dia_seq_len(j->seq) - 1);
             dia_seq_release(e->dia, j->seq);
             finished[nfin++] = j->t;
             e->jobs[i] = e->jobs[--e->n_jobs];
@@ -168,9 +160,8 @@ static int dia_step_all(worker_engine *base, worker_task **finished, int cap) {
         if (rc) {
             worker_task_fail(j->t, "engine_error", 0, "%s", err.msg);
         } else {
-            j->steps++;
-            if (j->max_steps > 0)
-                atomic_store(&j->t->permille, (int)(1000LL * j->steps / j->max_steps));
+            int steps = dia_seq_len(j->seq) - 1, most = dia_seq_max_steps(j->seq);
+            if (most > 0) atomic_store(&j->t->permille, (int)(1000LL * steps / most));
             if (!dia_seq_done(j->seq)) {
                 i++;
                 continue;

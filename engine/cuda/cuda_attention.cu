@@ -5,7 +5,6 @@
  * each K/V byte once per row; everything else (the encoder's masked F32 prefill, other head
  * dims) takes the general kernel. */
 #include <float.h>
-#include <stdlib.h>
 #include <math.h>
 
 #include "engine/cuda/cuda_internal.h"
@@ -558,9 +557,7 @@ static int decode_group_size(const eng_tensor *out, const eng_tensor *q, const e
 static int decode_min_chunk(void) {
     static int chunk;
     if (!chunk) {
-        const char *e = getenv("VOXQ_ATT_MIN_CHUNK");
-        long v = e ? strtol(e, NULL, 10) : DEC_MIN_CHUNK;
-        if (v < DEC_CHUNK || v > 4096) v = DEC_CHUNK;
+        long v = cuda_env_knob("VOXQ_ATT_MIN_CHUNK", DEC_MIN_CHUNK, DEC_CHUNK, 4096);
         chunk = (int)((v + DEC_CHUNK - 1) / DEC_CHUNK * DEC_CHUNK);
     }
     return chunk;

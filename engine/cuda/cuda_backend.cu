@@ -155,12 +155,17 @@ static void cuda_mem_stats(eng_backend *be, eng_mem_stats *out) {
     out->device_free = fr;
 }
 
+long cuda_env_knob(const char *name, long def, long lo, long hi) {
+    const char *e = getenv(name);
+    if (!e || !*e) return def;
+    char *end = NULL;
+    long v = strtol(e, &end, 10);
+    return *end == '\0' && v >= lo && v <= hi ? v : def;
+}
+
 int cuda_pdl_enabled(void) {
     static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("VOXQ_CUDA_PDL_ALL");
-        on = !(e && !strcmp(e, "0"));
-    }
+    if (on < 0) on = cuda_env_knob("VOXQ_CUDA_PDL_ALL", 1, 0, 1) != 0;
     return on;
 }
 

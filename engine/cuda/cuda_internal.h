@@ -87,6 +87,10 @@ __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.lau
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 #endif
 
+/* An integer tuning knob from the environment (A/B timing): `def` when unset, not a whole
+ * number, or outside [lo, hi]. Callers read it once and keep it. */
+long cuda_env_knob(const char *name, long def, long lo, long hi);
+
 /* Whether attention and the sampler launch with programmatic dependent launch (their index
  * loads and setup overlap the kernel before them): on, unless VOXQ_CUDA_PDL_ALL=0 (A/B timing). */
 int cuda_pdl_enabled(void);

@@ -8,8 +8,6 @@
  * cuBLAS in bf16 with f32 accumulation; quantized weights are expanded to bf16 in scratch first. */
 #include <cooperative_groups.h>
 #include <limits.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "engine/cuda/cuda_internal.h"
 
@@ -979,10 +977,7 @@ static int gemv_rows(eng_backend *be, const lin_set *set, const float *xp, int64
  * larger n cuBLAS, as before it existed (A/B timing). */
 static int gemv_old(void) {
     static int old = -1;
-    if (old < 0) {
-        const char *e = getenv("VOXQ_CUDA_GEMV_OLD");
-        old = e && *e && strcmp(e, "0") != 0;
-    }
+    if (old < 0) old = cuda_env_knob("VOXQ_CUDA_GEMV_OLD", 0, 0, 1) != 0;
     return old;
 }
 
@@ -993,11 +988,7 @@ static int gemv_old(void) {
  * previous kernel ends. */
 static int mma_int8_min_rows(void) {
     static int rows;
-    if (!rows) {
-        const char *e = getenv("VOXQ_CUDA_MMA_INT8_MIN_ROWS");
-        long v = e ? strtol(e, NULL, 10) : 1;
-        rows = v >= 1 && v <= 65 ? (int)v : 1;
-    }
+    if (!rows) rows = (int)cuda_env_knob("VOXQ_CUDA_MMA_INT8_MIN_ROWS", 1, 1, 65);
     return rows;
 }
 
@@ -1007,15 +998,10 @@ static int mma_int8_min_rows(void) {
  * run faster through cuBLAS for both (H200 weights-only step: int8 2.96 vs ~5.7 ms, int4 3.52
  * vs 5.71 ms), 32 rows through k_mma (int8 1.60 vs 2.63 ms). */
 static int mma_max_rows(eng_wfmt fmt) {
-    static int i8, i4;
-    if (!i8) {
-        const char *e8 = getenv("VOXQ_CUDA_MMA_INT8_MAX_ROWS");
-        const char *e4 = getenv("VOXQ_CUDA_MMA_INT4_MAX_ROWS");
-        long v8 = e8 ? strtol(e8, NULL, 10) : 64, v4 = e4 ? strtol(e4, NULL, 10) : 64;
-        i8 = v8 >= 0 && v8 <= 128 ? (int)v8 : 64;
-        i4 = v4 >= 0 && v4 <= 128 ? (int)v4 : 64;
-        if (!i8) i8 = -1; /* 0: never (kept distinct from "not read yet") */
-        if (!i4) i4 = -1;
+    static int i8 = -1, i4 = -1;
+    if (i8 < 0) {
+        i8 = (int)cuda_env_knob("VOXQ_CUDA_MMA_INT8_MAX_ROWS", 64, 0, 128);
+        i4 = (int)cuda_env_knob("VOXQ_CUDA_MMA_INT4_MAX_ROWS", 64, 0, 128);
     }
     return fmt == ENG_W_I8 ? i8 : i4;
 }

@@ -151,12 +151,18 @@ __device__ unsigned block_kth_key(sample_smem &s, int V, int k, int *ties) {
     return prefix;
 }
 
+/* The contiguous run of ids [*lo, *hi) this thread owns in the block scans (index order). */
+__device__ __forceinline__ void own_ids(int V, int *lo, int *hi) {
+    int per = (V + SAMPLE_THREADS - 1) / SAMPLE_THREADS;
+    *lo = threadIdx.x * per;
+    *hi = min(V, *lo + per);
+}
+
 /* Gathers the finite scores in index order into s.cval/s.cidx; returns how many. Each thread
  * owns a contiguous run of ids so a block scan gives every candidate its place. */
 __device__ int gather_finite(sample_smem &s, int V) {
-    int per = (V + SAMPLE_THREADS - 1) / SAMPLE_THREADS;
-    int lo = threadIdx.x * per, hi = min(V, lo + per);
-    int cnt = 0;
+    int lo, hi, cnt = 0;
+    own_ids(V, &lo, &hi);
     for (int v = lo; v < hi; v++) cnt += s.sc[v] > -INFINITY;
     int total;
     int at = block_excl_scan(cnt, s, &total);
@@ -192,9 +198,8 @@ k_sample(int32_t *picks, float *scores, const float *logits, const eng_sample_se
     if (lu && p.cfg_top_k > 0 && p.cfg_top_k < V) {
         int ties;
         unsigned theta = block_kth_key(s, V, p.cfg_top_k, &ties);
-        int per = (V + SAMPLE_THREADS - 1) / SAMPLE_THREADS;
-        int lo = tid * per, hi = min(V, lo + per);
-        int eq = 0;
+        int lo, hi, eq = 0;
+        own_ids(V, &lo, &hi);
         for (int v = lo; v < hi; v++) eq += fkey(s.sc[v]) == theta;
         int total;
         int rank = block_excl_scan(eq, s, &total);
@@ -229,8 +234,8 @@ k_sample(int32_t *picks, float *scores, const float *logits, const eng_sample_se
     } else {
         if (p.top_k > 0 && p.top_k < V) {
             int finite;
-            int per = (V + SAMPLE_THREADS - 1) / SAMPLE_THREADS;
-            int lo = tid * per, hi = min(V, lo + per), cnt = 0;
+            int lo, hi, cnt = 0;
+            own_ids(V, &lo, &hi);
             for (int v = lo; v < hi; v++) cnt += s.sc[v] > -INFINITY;
             block_excl_scan(cnt, s, &finite);
             if (finite > p.top_k) {

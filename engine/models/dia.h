@@ -21,9 +21,9 @@
  * Threads: a dia_model and its sequences belong to one thread at a time (the engine thread).
  * Nothing is allocated after dia_model_load(): dia_seq_start() and dia_step() use planned memory.
  *
- * Sampling RNG (engine/sample_rng.h; the CPU and CUDA samplers draw the same numbers): the uniform number
- * for sequence seed `seed`, decoder step `step` (0 for the step that reads the BOS frame) and
- * channel `c` is
+ * Sampling RNG (engine/sample_rng.h; the CPU and CUDA samplers draw the same numbers): the
+ * uniform number for sequence seed `seed`, decoder step `step` (0 for the step that reads the
+ * BOS frame) and channel `c` is
  *     u = (dia_rng_u64(seed, step, c) >> 11) * 2^-53        (a double in [0, 1))
  *     dia_rng_u64(seed, step, c) = splitmix64(splitmix64(seed ^ 0x9e3779b97f4a7c15)
  *                                             + ((uint64_t)step << 8 | c))
@@ -195,8 +195,10 @@ int dia_time_step_graph(dia_model *m, dia_seq *const *seqs, int n, int reps, dou
 int dia_seq_done(const dia_seq *s);
 /* 1 when the sequence ended with a channel-0 EOS the model chose, 0 when forced by length. */
 int dia_seq_chose_eos(const dia_seq *s);
-/* Frames so far, BOS frame included (the delayed sequence of spec 6). */
+/* Frames so far, BOS frame included (the delayed sequence of spec 6): decoder steps run + 1. */
 int dia_seq_len(const dia_seq *s);
+/* Decoder steps the sequence may run at most (max_new_tokens, capped by the model's frames). */
+int dia_seq_max_steps(const dia_seq *s);
 /* The delayed frames [len][channels] with the final delay overwrite applied; valid until the
  * next dia_step on this sequence or its release. */
 const int32_t *dia_seq_frames(const dia_seq *s);
@@ -226,7 +228,7 @@ void dia_seq_force(dia_seq *s, const int32_t *frame);
 int dia_encode(dia_model *m, const int32_t *ids, const uint8_t *mask, int B, int S, float *out,
                eng_error *err);
 
-/* Result of dia_generate. */
+/* Result of dia_generate and dia_seq_result. */
 typedef struct dia_result {
     int32_t *codes; /* [channels][n_frames] undelayed codes (malloc'd) */
     int n_frames;   /* audio frames (512 samples each at 44.1 kHz) */
@@ -234,6 +236,9 @@ typedef struct dia_result {
     int steps;     /* decoder steps run */
     int chose_eos; /* 1 when the model ended the dialogue itself */
 } dia_result;
+/* The sequence's codes so far (dia_seq_codes into a buffer of the right size) with its step
+ * count and EOS flag; free with dia_result_free. On failure *out is empty. */
+int dia_seq_result(const dia_seq *s, dia_result *out, eng_error *err);
 void dia_result_free(dia_result *r);
 
 /* Progress callback: called after every step with steps done and the step limit; return

@@ -186,8 +186,9 @@ int dia_step(dia_model *m, dia_seq *const *seqs, int n, eng_error *err) {
         }
     }
     /* one sampler entry per sequence, the rest of the step's entries unused */
+    const eng_sample_seq unused = {.row = -1, .row_uncond = -1};
     for (int i = 0; i < rows; i++)
-        h->params[i] = i < n ? sample_entry(seqs[i]) : (eng_sample_seq){.row = -1, .row_uncond = -1};
+        h->params[i] = i < n ? sample_entry(seqs[i]) : unused;
     int rc = dia_decoder_step(m, rows, n, err);
     if (rc) {
         for (int i = 0; i < n; i++) /* the last step's logits are gone: nothing to inspect */
@@ -214,6 +215,9 @@ int dia_seq_chose_eos(const dia_seq *s) {
 }
 int dia_seq_len(const dia_seq *s) {
     return s->len;
+}
+int dia_seq_max_steps(const dia_seq *s) {
+    return s->max_len - 1;
 }
 const int32_t *dia_seq_frames(const dia_seq *s) {
     return s->frames;
@@ -296,6 +300,24 @@ int dia_seq_codes(const dia_seq *s, int32_t *codes, int cap_frames, int *n_frame
     return 0;
 }
 
+int dia_seq_result(const dia_seq *s, dia_result *out, eng_error *err) {
+    memset(out, 0, sizeof *out);
+    int frames = 0, C = s->m->cfg.channels;
+    dia_seq_codes(s, NULL, 0, &frames, NULL);
+    out->codes = malloc((size_t)(frames ? frames : 1) * (size_t)C * sizeof(int32_t));
+    if (!out->codes)
+        return eng_errorf(err, ENG_ENOMEM, "dia: out of memory for %d frames of codes", frames);
+    int rc = dia_seq_codes(s, out->codes, frames, &out->n_frames, err);
+    if (rc) {
+        dia_result_free(out);
+        return rc;
+    }
+    out->channels = C;
+    out->steps = s->len - 1;
+    out->chose_eos = s->chose_eos;
+    return 0;
+}
+
 void dia_result_free(dia_result *r) {
     if (!r) return;
     free(r->codes);
@@ -312,7 +334,7 @@ int dia_generate(dia_model *m, const char *text, size_t len, const dia_gen_param
     if (rc) return rc;
     dia_seq *s = NULL;
     if ((rc = dia_seq_start(m, ids, n, p, &s, err))) return rc;
-    int max_steps = s->max_len - 1, steps = 0;
+    int max_steps = dia_seq_max_steps(s), steps = 0;
     while (!s->done) {
         if (cancel && *cancel) {
             rc = eng_errorf(err, ENG_ECANCELLED, "dia: generation cancelled after %d steps", steps);
@@ -325,17 +347,7 @@ int dia_generate(dia_model *m, const char *text, size_t len, const dia_gen_param
             goto done;
         }
     }
-    int frames = 0;
-    dia_seq_codes(s, NULL, 0, &frames, NULL);
-    out->codes = malloc((size_t)(frames ? frames : 1) * (size_t)m->cfg.channels * sizeof(int32_t));
-    if (!out->codes) {
-        rc = eng_errorf(err, ENG_ENOMEM, "dia: out of memory for %d frames of codes", frames);
-        goto done;
-    }
-    rc = dia_seq_codes(s, out->codes, frames, &out->n_frames, err);
-    out->channels = m->cfg.channels;
-    out->steps = steps;
-    out->chose_eos = s->chose_eos;
+    rc = dia_seq_result(s, out, err);
 done:
     if (rc) dia_result_free(out);
     dia_seq_release(m, s);

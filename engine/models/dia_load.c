@@ -273,6 +273,24 @@ static size_t imax(size_t a, size_t b) {
     return a > b ? a : b;
 }
 
+/* The step's input block (dia_step_ws.inputs and its host mirror): the sampler entries first
+ * (8-byte fields), then ids [rows, channels], slot, pos, len and xlen [rows]. Sets the six
+ * pointers into `base` (NULL: only the size) and returns the block's size in bytes. */
+static size_t step_inputs(void *base, size_t rows, size_t channels, eng_sample_seq **params,
+                          int32_t **ids, int32_t **slot, int32_t **pos, int32_t **len,
+                          int32_t **xlen) {
+    char *b = base;
+    size_t off = rows * sizeof(eng_sample_seq);
+    int32_t **i32[5] = {ids, slot, pos, len, xlen};
+    size_t n[5] = {rows * channels, rows, rows, rows, rows};
+    if (b) *params = (eng_sample_seq *)b;
+    for (int t = 0; t < 5; t++) {
+        if (b) *i32[t] = (int32_t *)(b + off);
+        off += n[t] * 4;
+    }
+    return off;
+}
+
 /* The memory plan: KV stores, workspace, host staging and the sequence pool. */
 static int plan(dia_model *m, eng_error *err) {
     const dia_config *c = &m->cfg;
@@ -353,19 +371,11 @@ static int plan(dia_model *m, eng_error *err) {
     DEV(s->logits, sr * nlog, 4);
     DEV(s->scores, sr * nlog, 4);
     DEV(s->picks, sr * ((size_t)c->channels + 1), 4);
-    /* the step's inputs, one block: params first (8-byte fields), then the I32 tensors */
-    size_t off_ids = sr * sizeof(eng_sample_seq);
-    size_t off_slot = off_ids + sr * (size_t)c->channels * 4;
-    size_t off_pos = off_slot + sr * 4, off_len = off_pos + sr * 4, off_xlen = off_len + sr * 4;
-    s->inputs_bytes = off_xlen + sr * 4;
+    size_t ch = (size_t)c->channels;
+    s->inputs_bytes = step_inputs(NULL, sr, ch, NULL, NULL, NULL, NULL, NULL, NULL);
     DEV(s->inputs, s->inputs_bytes, 1);
 #undef DEV
-    s->params = (eng_sample_seq *)s->inputs;
-    s->ids = (int32_t *)((char *)s->inputs + off_ids);
-    s->slot = (int32_t *)((char *)s->inputs + off_slot);
-    s->pos = (int32_t *)((char *)s->inputs + off_pos);
-    s->len = (int32_t *)((char *)s->inputs + off_len);
-    s->xlen = (int32_t *)((char *)s->inputs + off_xlen);
+    step_inputs(s->inputs, sr, ch, &s->params, &s->ids, &s->slot, &s->pos, &s->len, &s->xlen);
 
     dia_step_host *h = &m->sh;
     if (!(h->inputs = host_alloc(m, s->inputs_bytes, err)) ||
@@ -375,12 +385,7 @@ static int plan(dia_model *m, eng_error *err) {
         !(h->enc_slot = host_alloc(m, er * 4, err)) || !(h->enc_len = host_alloc(m, er * 4, err)) ||
         !(h->enc_mask = host_alloc(m, er, err)))
         return err ? err->code : ENG_ENOMEM;
-    h->params = (eng_sample_seq *)h->inputs;
-    h->ids = (int32_t *)((char *)h->inputs + off_ids);
-    h->slot = (int32_t *)((char *)h->inputs + off_slot);
-    h->pos = (int32_t *)((char *)h->inputs + off_pos);
-    h->len = (int32_t *)((char *)h->inputs + off_len);
-    h->xlen = (int32_t *)((char *)h->inputs + off_xlen);
+    step_inputs(h->inputs, sr, ch, &h->params, &h->ids, &h->slot, &h->pos, &h->len, &h->xlen);
 
     if (!(m->seqs = host_alloc(m, (size_t)o->max_batch * sizeof *m->seqs, err)))
         return err ? err->code : ENG_ENOMEM;

@@ -195,11 +195,10 @@ static int decoder_ops(dia_model *m, int rows, eng_error *err) {
         eng_linear_args na = {ENG_PRE_RMSNORM, &L->pre_sa_norm, c->dec_norm_eps, 0, &h, NULL,
                               ENG_POST_NONE};
         OP(eng_linear_group(m->be, 3, qkv, &x, wqkv, &na), "self q/k/v_proj", l);
-        int rc;
         OP(eng_rope_attention(m->be, &att3, &q3, &k3, &v3, &pos, c->dec_rope_theta, &L->self_kv,
                               &slot, &len, 1.0f),
            "self rope + K/V write + attention", l);
-        rc = linear_add(m, &x, &tmp, &att, &L->sa_o, "self o_proj", l, err);
+        int rc = linear_add(m, &x, &tmp, &att, &L->sa_o, "self o_proj", l, err);
         /* cross-attention over the row's prompt (cond or unconditional), no RoPE */
         if (!rc)
             rc = norm_linear(m, &xq, &x, &h, &L->pre_ca_norm, c->dec_norm_eps, &L->ca_q,
@@ -224,6 +223,16 @@ static int decoder_ops(dia_model *m, int rows, eng_error *err) {
     return 0;
 }
 
+/* The step graph of `rows` rows: its key in the backend, and the bit of its power-of-two row
+ * bucket in graph_off (rows is padded to the bucket when graphs are on; dia_step does that). */
+static int step_graph_key(const dia_model *m, int rows, int *bucket_bit) {
+    int bit = 0;
+    while ((1 << bit) < rows)
+        bit++;
+    *bucket_bit = bit;
+    return m->graph_uid * 32 + bit;
+}
+
 /* Uploads the step's inputs (index tensors and sampler entries, one transfer), runs (or
  * replays) the step, downloads the picks of the first `entries` sampler entries. */
 int dia_decoder_step(dia_model *m, int rows, int entries, eng_error *err) {
@@ -233,11 +242,7 @@ int dia_decoder_step(dia_model *m, int rows, int entries, eng_error *err) {
     int rc = eng_upload(m->be, w->inputs, s->inputs, w->inputs_bytes);
     if (rc) return eng_errorf(err, rc, "dia: step upload: %s", m->be->errstr);
 
-    /* rows is a power of two here when graphs are on (dia_step pads to the bucket) */
-    int bucket_bit = 0;
-    while ((1 << bucket_bit) < rows)
-        bucket_bit++;
-    int key = m->graph_uid * 32 + bucket_bit;
+    int bucket_bit, key = step_graph_key(m, rows, &bucket_bit);
     const eng_backend_ops *ops = m->be->ops;
     int direct = !m->graphs || (m->graph_off & (1u << bucket_bit));
     if (!direct) {
@@ -268,13 +273,11 @@ int dia_time_step_graph(dia_model *m, dia_seq *const *seqs, int n, int reps, dou
     int rows = 0;
     for (int i = 0; i < n; i++)
         rows += 1 + seqs[i]->cfg;
-    int bucket_bit = 0;
-    while ((1 << bucket_bit) < rows)
-        bucket_bit++;
+    int bucket_bit, key = step_graph_key(m, rows, &bucket_bit);
     if (!m->graphs || (m->graph_off & (1u << bucket_bit)))
         return eng_errorf(err, ENG_EUNSUPPORTED, "dia: no step graph to time on backend %s",
                           m->be->ops->name);
-    int key = m->graph_uid * 32 + bucket_bit, rc = eng_sync(m->be);
+    int rc = eng_sync(m->be);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     for (int r = 0; r < reps && !rc; r++)

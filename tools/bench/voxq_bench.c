@@ -276,9 +276,9 @@ static int cmd_steps(const opts *o) {
         }
         double el = now_s() - t_start;
         /* the same step graph replayed back to back: the device's share of a step */
-        double graph_ms = -1;
-        if (!status && !be->ops->profile_json && dia_time_step_graph(m, run, n, 50, &graph_ms, &err))
-            graph_ms = -1;
+        double graph_ms = -1; /* stays -1 where there is no graph (CPU, profiling) */
+        if (!status && !be->ops->profile_json)
+            (void)dia_time_step_graph(m, run, n, 50, &graph_ms, &err);
         for (int i = 0; i < n; i++)
             dia_seq_release(m, run[i]);
         if (status) break;
