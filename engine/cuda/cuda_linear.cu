@@ -7,26 +7,14 @@
  * in L1/L2. Each weight byte is read once per call. Larger n (the encoder, cross K/V) goes to
  * cuBLAS in bf16 with f32 accumulation; quantized weights are expanded to bf16 in scratch first. */
 #include <cooperative_groups.h>
-#include <limits.h>
 
-#include "engine/cuda/cuda_internal.h"
+#include "engine/cuda/cuda_mma.cuh"
 
 #define GEMV_MAX_ROWS 8
 #define GEMV_MAX_THREADS 512 /* most threads per block (bf16: K = 8192 gets 2 chunks a thread) */
 /* The integer formats keep 256: their dequantization needs the registers 512 would take. */
 #define GEMV_THREADS_FOR(FMT) ((FMT) == ENG_W_BF16 ? 512 : 256)
 #define GEMV_WARPS 4 /* warps per block of the any-shape fallback */
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ void load8(const float *x, float *f) {
-    float4 a = __ldg((const float4 *)x), b = __ldg((const float4 *)(x + 4));
-    f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w;
-    f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
-}
 
 __device__ __forceinline__ float bf16lo(uint32_t u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float bf16hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
@@ -72,31 +60,6 @@ template <> struct wload<ENG_W_I4> {
     }
 };
 
-/* The weights of one launch: up to LIN_MAX_SEGS weights of one format, `in` and group that share
- * x (q, k and v of one attention), their row blocks back to back along blockIdx.x. A segment
- * starts at block block0; unused segments have block0 = INT_MAX. Passed by value (kernel
- * parameter space), so finding a block's segment is a few uniform selects, no memory access. */
-#define LIN_MAX_SEGS 4
-struct lin_seg {
-    const uint4 *w;       /* [out, in] rows of the format */
-    const float *scales;  /* int8: [out]; int4: [out, in / group]; bf16: unused */
-    float *y;             /* [n, out] (silu epilogue: [n, out / 2]) */
-    int out;              /* rows of w */
-    int block0;           /* first blockIdx.x of this weight */
-};
-struct lin_segs {
-    lin_seg s[LIN_MAX_SEGS];
-};
-
-/* The segment of block blk; blk becomes the block's index inside it. */
-__device__ __forceinline__ lin_seg seg_of(const lin_segs &segs, int &blk) {
-    lin_seg sg = segs.s[0];
-#pragma unroll
-    for (int i = 1; i < LIN_MAX_SEGS; i++)
-        if (blk >= segs.s[i].block0) sg = segs.s[i];
-    blk -= sg.block0;
-    return sg;
-}
 
 /* Whether the r-th row of a block exists: plain rows below out; with the silu epilogue the
  * first R/2 are gate rows (below out/2) and the rest up rows (below out). */
@@ -309,8 +272,8 @@ __global__ void k_gemv_any(float *__restrict__ y, const float *__restrict__ x, c
  *   int4: P[4m+j] = (k 8m+j, 8m+4+j): the nibbles at bits 4j and 16+4j of word m, which one
  *         (w >> 4j) & 0x000F000F | 0x43004300 turns into the bf16 pair 128+q exactly;
  *         x staged as x0 x4 x1 x5 x2 x6 x3 x7 in every group of 8.
- * Dequantization: int8 via the f32 2^23 magic (exact integer, so its high 16 bits are the bf16),
- * int4 via the bf16 128-magic above and one bf16x2 subtraction of 136 (both exact). int4 group
+ * Dequantization (cuda_mma.cuh): int8 via the bf16 128/256 magic (the low 7 bits under 128's
+ * exponent, minus 128 or 256 by the sign bit), int4 via the bf16 128-magic above and one bf16x2 subtraction of 136 (both exact). int4 group
  * scales apply per k-step (a k-step is 128 inputs, so a group of a multiple of 128 never splits
  * one); int8 row scales and the rmsnorm 1/rms apply at the end.
  *
@@ -325,46 +288,6 @@ __global__ void k_gemv_any(float *__restrict__ y, const float *__restrict__ x, c
 #define MMA_MAX_ROWS 128 /* rows of x (16 n-tiles of 8) */
 #define MMA_MAX_CLUSTER 8
 #define MMA_TARGET_BLOCKS 264 /* two blocks an SM on the H200's 132 */
-
-template <int FMT> struct mma_fmt;
-template <> struct mma_fmt<ENG_W_BF16> {
-    static constexpr int V = 8, PAD = 32; /* pad: row stride = 64 bytes mod 128, no conflicts */
-    static __device__ __forceinline__ void dequant(uint4 q, uint32_t *p) {
-        p[0] = q.x; p[1] = q.y; p[2] = q.z; p[3] = q.w;
-    }
-};
-template <> struct mma_fmt<ENG_W_I8> {
-    static constexpr int V = 16, PAD = 8;
-    static __device__ __forceinline__ void dequant(uint4 q, uint32_t *p) {
-        uint32_t w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-        for (int m = 0; m < 4; m++) {
-            uint32_t u = w[m] ^ 0x80808080u, f[4];
-#pragma unroll
-            for (int b = 0; b < 4; b++) /* 0x4B0000uu = 2^23 + (q + 128) */
-                f[b] = __float_as_uint(__uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540 + b)) -
-                                       8388736.f);
-            p[2 * m] = __byte_perm(f[0], f[1], 0x7632);
-            p[2 * m + 1] = __byte_perm(f[2], f[3], 0x7632);
-        }
-    }
-};
-template <> struct mma_fmt<ENG_W_I4> {
-    static constexpr int V = 32, PAD = 8;
-    static __device__ __forceinline__ void dequant(uint4 q, uint32_t *p) {
-        uint32_t w[4] = {q.x, q.y, q.z, q.w};
-        const __nv_bfloat162 off = __halves2bfloat162(__ushort_as_bfloat16((unsigned short)0x4308),
-                                                      __ushort_as_bfloat16((unsigned short)0x4308));
-#pragma unroll
-        for (int m = 0; m < 4; m++)
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                uint32_t v = ((w[m] >> (4 * j)) & 0x000F000Fu) | 0x43004300u; /* 128 + nibble */
-                __nv_bfloat162 h = __hsub2(*(__nv_bfloat162 *)&v, off);    /* nibble - 8 */
-                p[4 * m + j] = *(uint32_t *)&h;
-            }
-    }
-};
 
 /* Tile constants of one format and n-tile count. x is staged XU k-steps at a time (at most 32 KB
  * of bf16, up to 2048 inputs at 1-8 rows: one staging, two barriers, for most blocks); the
@@ -393,18 +316,6 @@ template <int FMT, int NT> struct mma_cfg {
     static_assert(KC * 2 % 128 == 0, "the pad alone sets the bank offset of a column");
 };
 
-__device__ __forceinline__ void mma_bf16(float *c, uint32_t a0, uint32_t a1, uint32_t a2,
-                                         uint32_t a3, uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *(uint32_t *)&h;
-}
 
 /* Stages x[0..n)[k0, k0 + klen) (prologue applied) into xs[column][k - k0] as bf16 in the pair
  * order of FMT (columns n..8NT were zeroed once by the kernel). With the norm prologue also adds
@@ -778,48 +689,6 @@ static int gemv_threads(int chunks, int most) {
     return t < 32 ? 32 : t;
 }
 
-/* The host side of a launch: count (1..LIN_MAX_SEGS) weights of one format, in and group that
- * share x, and the output of each. */
-typedef struct lin_set {
-    int count;
-    const eng_weight *w[LIN_MAX_SEGS];
-    float *y[LIN_MAX_SEGS];
-} lin_set;
-
-static lin_set lin_one(const eng_weight *w, float *y) {
-    lin_set set;
-    memset(&set, 0, sizeof set);
-    set.count = 1;
-    set.w[0] = w;
-    set.y[0] = y;
-    return set;
-}
-
-/* The kernel's segment table for set: each weight gets ceil(units / per) blocks, where a unit is
- * `unit` output rows (the silu epilogue counts out / 2 rows: a gate row and its up row are one).
- * *blocks is the grid's x extent. */
-static lin_segs make_segs(const lin_set *set, int epi, int unit, int per, int64_t *blocks) {
-    lin_segs segs;
-    memset(&segs, 0, sizeof segs);
-    int64_t b = 0;
-    for (int i = 0; i < LIN_MAX_SEGS; i++) {
-        lin_seg *sg = &segs.s[i];
-        if (i >= set->count) {
-            sg->block0 = INT_MAX;
-            continue;
-        }
-        const eng_weight *w = set->w[i];
-        int64_t rows = epi ? w->out / 2 : w->out, units = (rows + unit - 1) / unit;
-        sg->w = (const uint4 *)w->data;
-        sg->scales = w->scales;
-        sg->y = set->y[i];
-        sg->out = (int)w->out;
-        sg->block0 = (int)b;
-        b += (units + per - 1) / per;
-    }
-    *blocks = b;
-    return segs;
-}
 
 /* Rows of W per block: more rows reuse each x load more often, fewer give small matrices
  * enough blocks to keep every SM streaming. */
@@ -829,18 +698,12 @@ template <int FMT, int NR, int R, int PRE, int ACC, int EPI>
 static cudaError_t launch_k(const lin_set *set, const float *x, const float *norm, float eps,
                             cudaStream_t st) {
     const eng_weight *w = set->w[0];
-    cudaLaunchConfig_t cfg = {};
     int64_t blocks;
     lin_segs segs = make_segs(set, EPI, 1, EPI ? R / 2 : R, &blocks);
-    cfg.gridDim = dim3((unsigned)blocks);
     int threads = gemv_threads((int)w->in / wload<FMT>::vals, GEMV_THREADS_FOR(FMT));
-    cfg.blockDim = dim3((unsigned)threads);
-    cfg.stream = st;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cudaLaunchAttribute attr[2];
+    cudaLaunchConfig_t cfg =
+        pdl_cluster_config(dim3((unsigned)blocks), dim3((unsigned)threads), 0, st, attr, 1);
     return cudaLaunchKernelEx(&cfg, k_gemv<FMT, NR, R, PRE, ACC, EPI>, segs, x, (int)w->in,
                               w->group, norm, eps);
 }
@@ -1032,27 +895,10 @@ static cudaError_t launch_mma_k(const lin_set *set, const float *x, int n, const
     int64_t mblocks; /* m-tiles of 16 rows (epilogue: 8 gate + 8 up rows), WARPS a block */
     lin_segs segs = make_segs(set, EPI, EPI ? 8 : 16, WARPS, &mblocks);
     int steps = (int)(w->in / mma_cfg<FMT, NT>::KW);
-    /* Rounded, not ceiled: 256 m-blocks (gate_up) stay one block a column that streams all of
-     * k, rather than 512 half-length blocks and a cluster reduction. */
-    int64_t split = (MMA_TARGET_BLOCKS + mblocks / 2) / mblocks;
-    if (split > MMA_MAX_CLUSTER) split = MMA_MAX_CLUSTER;
-    if (split > steps) split = steps;
-    if (split < 1) split = 1;
-    int per = (int)((steps + split - 1) / split);
-    split = (steps + per - 1) / per; /* no block without k-steps */
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)mblocks, (unsigned)split);
-    cfg.blockDim = dim3(WARPS * 32);
-    cfg.stream = st;
+    int per, split = split_k(MMA_TARGET_BLOCKS, mblocks, MMA_MAX_CLUSTER, steps, &per);
     cudaLaunchAttribute attr[2];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    attr[1].id = cudaLaunchAttributeClusterDimension;
-    attr[1].val.clusterDim.x = 1;
-    attr[1].val.clusterDim.y = (unsigned)split;
-    attr[1].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = split > 1 ? 2 : 1;
+    cudaLaunchConfig_t cfg = pdl_cluster_config(dim3((unsigned)mblocks, (unsigned)split),
+                                                dim3(WARPS * 32), 0, st, attr, split);
     return cudaLaunchKernelEx(&cfg, k_mma<FMT, NT, PRE, ACC, EPI>, segs, x, n, (int)w->in,
                               w->group, norm, eps, per);
 }
@@ -1122,6 +968,8 @@ int cuda_linear(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_w
     lin_set set = lin_one(w, yp);
     if (mma_path_ok(w, n))
         return linear_mma(be, &set, xp, n, ENG_PRE_NONE, 0, ENG_POST_NONE, NULL, 0.f);
+    if (cuda_wide_ok(w, n))
+        return cuda_linear_wide(be, &set, xp, n, ENG_PRE_NONE, 0, ENG_POST_NONE, NULL, 0.f);
     if (n > 2 * GEMV_MAX_ROWS) return gemm_cublas(be, yp, xp, w, (int)n);
     if (!vector_path_ok(w)) {
         int blocks = (int)((w->out + GEMV_WARPS - 1) / GEMV_WARPS);
@@ -1142,8 +990,8 @@ int cuda_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const en
     int combo_ok = post == ENG_POST_SILU_MUL
                        ? a->pre == ENG_PRE_RMSNORM && !a->accumulate && w->out % 2 == 0
                        : !(a->pre == ENG_PRE_SILU_MUL && !a->accumulate);
-    int mma = mma_path_ok(w, n);
-    int fused = combo_ok && (mma || (n <= 2 * GEMV_MAX_ROWS && vector_path_ok(w))) &&
+    int mma = mma_path_ok(w, n), wide = !mma && cuda_wide_ok(w, n);
+    int fused = combo_ok && (mma || wide || (n <= 2 * GEMV_MAX_ROWS && vector_path_ok(w))) &&
                 (a->pre != ENG_PRE_RMSNORM || (a->norm && eng_numel(a->norm) == w->in));
     if (!fused) {
         const eng_tensor *in = x;
@@ -1179,6 +1027,9 @@ int cuda_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const en
     if (mma)
         return linear_mma(be, &set, (const float *)x->data, n, a->pre, a->accumulate, post, norm,
                           a->eps);
+    if (wide)
+        return cuda_linear_wide(be, &set, (const float *)x->data, n, a->pre, a->accumulate, post,
+                                norm, a->eps);
     return gemv_rows(be, &set, (const float *)x->data, n, a->pre, a->accumulate, post, norm,
                      a->eps);
 }
@@ -1209,8 +1060,8 @@ int cuda_linear_group(eng_backend *be, int count, eng_tensor *const *y, const en
         }
         return 0;
     }
-    int mma = mma_path_ok(w0, n);
-    int fused = (mma || (n <= 2 * GEMV_MAX_ROWS && vector_path_ok(w0))) &&
+    int mma = mma_path_ok(w0, n), wide = !mma && cuda_wide_ok(w0, n);
+    int fused = (mma || wide || (n <= 2 * GEMV_MAX_ROWS && vector_path_ok(w0))) &&
                 (a->pre != ENG_PRE_RMSNORM || (a->norm && eng_numel(a->norm) == w0->in));
     if (!fused) {
         const eng_tensor *in = x;
@@ -1244,8 +1095,9 @@ int cuda_linear_group(eng_backend *be, int count, eng_tensor *const *y, const en
             set.w[i] = w[i0 + i];
             set.y[i] = (float *)y[i0 + i]->data;
         }
-        int rc = mma ? linear_mma(be, &set, xp, n, a->pre, 0, ENG_POST_NONE, norm, a->eps)
-                     : gemv_rows(be, &set, xp, n, a->pre, 0, ENG_POST_NONE, norm, a->eps);
+        int rc = mma    ? linear_mma(be, &set, xp, n, a->pre, 0, ENG_POST_NONE, norm, a->eps)
+                 : wide ? cuda_linear_wide(be, &set, xp, n, a->pre, 0, ENG_POST_NONE, norm, a->eps)
+                        : gemv_rows(be, &set, xp, n, a->pre, 0, ENG_POST_NONE, norm, a->eps);
         if (rc) return rc;
     }
     return 0;

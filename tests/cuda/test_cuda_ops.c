@@ -272,26 +272,30 @@ TEST(linear_ex_fused_prologues) {
     check_linear_ex(ENG_W_BF16, ENG_PRE_RMSNORM, 0, ENG_POST_NONE, 2, 64, 64); /* composed */
 }
 
-/* The decoder's fused products on its shapes, every format and the row counts of 1..64
- * sequences with CFG: attention input (norm), k/v, o and cross o (residual), down (silu*mul
- * prologue + residual), gate_up (norm + silu*up epilogue), plus cut tiles (out 100 / 200). */
+/* The decoder's fused products on its shapes for the row counts in ns: attention input (norm),
+ * k/v, o and cross o (residual), down (silu*mul prologue + residual), gate_up (norm + silu*up
+ * epilogue), plus cut tiles (out 100 / 200). */
+static void check_decoder_products(eng_wfmt fmt, const int64_t *ns, size_t count) {
+    static const struct {
+        int pre, acc, post;
+        int64_t out, in;
+    } shapes[] = {
+        {ENG_PRE_RMSNORM, 0, ENG_POST_NONE, 512, 2048},
+        {ENG_PRE_NONE, 1, ENG_POST_NONE, 2048, 2048},
+        {ENG_PRE_RMSNORM, 1, ENG_POST_NONE, 100, 256},
+        {ENG_PRE_SILU_MUL, 1, ENG_POST_NONE, 2048, 8192},
+        {ENG_PRE_RMSNORM, 0, ENG_POST_SILU_MUL, 16384, 2048},
+        {ENG_PRE_RMSNORM, 0, ENG_POST_SILU_MUL, 200, 256},
+    };
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0] && !test_failed_; i++)
+        check_linear_ex_rows(fmt, shapes[i].pre, shapes[i].acc, shapes[i].post, shapes[i].out,
+                             shapes[i].in, ns, count);
+}
+
+/* Every format, the row counts of 1..64 sequences with CFG. */
 TEST(linear_ex_decoder_shapes) {
     const int64_t ns[] = {1, 2, 3, 8, 16, 32, 128};
-    for (size_t f = 0; f < 3; f++) {
-        eng_wfmt fmt = all_fmts[f];
-        check_linear_ex_rows(fmt, ENG_PRE_RMSNORM, 0, ENG_POST_NONE, 512, 2048, ns, 7);
-        if (test_failed_) return;
-        check_linear_ex_rows(fmt, ENG_PRE_NONE, 1, ENG_POST_NONE, 2048, 2048, ns, 7);
-        if (test_failed_) return;
-        check_linear_ex_rows(fmt, ENG_PRE_RMSNORM, 1, ENG_POST_NONE, 100, 256, ns, 7);
-        if (test_failed_) return;
-        check_linear_ex_rows(fmt, ENG_PRE_SILU_MUL, 1, ENG_POST_NONE, 2048, 8192, ns, 7);
-        if (test_failed_) return;
-        check_linear_ex_rows(fmt, ENG_PRE_RMSNORM, 0, ENG_POST_SILU_MUL, 16384, 2048, ns, 7);
-        if (test_failed_) return;
-        check_linear_ex_rows(fmt, ENG_PRE_RMSNORM, 0, ENG_POST_SILU_MUL, 200, 256, ns, 7);
-        if (test_failed_) return;
-    }
+    for (size_t f = 0; f < 3 && !test_failed_; f++) check_decoder_products(all_fmts[f], ns, 7);
 }
 
 /* eng_linear_group (norm prologue, count weights sharing x) on both backends for each row count
@@ -373,6 +377,22 @@ TEST(linear_group_qkv) {
     }
     const eng_wfmt mixed[3] = {ENG_W_I8, ENG_W_I4, ENG_W_I4};
     check_linear_group_rows(3, mixed, odd, 256, ns, 6);
+}
+
+/* The wide tile GEMM (engine/cuda/cuda_linear_wide.cu: int8 and int4 weights at 65-128 rows by
+ * default): partial column tiles (65, 100, 127), every fused combination on the decoder's
+ * shapes (k split over clusters of 8 for out = 2048, none for gate_up), m-tiles cut by the end
+ * of the matrix (100, 200), and a q/k/v group (three weights in one launch, cluster of 6). */
+TEST(linear_wide_rows) {
+    const int64_t ns[] = {65, 100, 127, 128};
+    const eng_wfmt fmts[] = {ENG_W_I8, ENG_W_I4};
+    const int64_t qkv[] = {2048, 512, 512};
+    for (size_t f = 0; f < 2 && !test_failed_; f++) {
+        eng_wfmt fm[3] = {fmts[f], fmts[f], fmts[f]};
+        check_linear_rows(fmts[f], 2048, 2048, ns, 4);
+        if (!test_failed_) check_decoder_products(fmts[f], ns, 4);
+        if (!test_failed_) check_linear_group_rows(3, fm, qkv, 2048, ns, 4);
+    }
 }
 
 /* The tensor-core path inside a captured graph (k split over a cluster: out = 512), replayed

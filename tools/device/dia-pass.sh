@@ -18,7 +18,10 @@ for w in $what; do
     ops) for t in test_cuda_ops test_cuda_sample; do
            $G/$t > "$OUT/$t.log" 2>&1; echo "$t rc=$? $(tail -1 $OUT/$t.log)";
            grep -E -B3 "FAIL|mismatch" "$OUT/$t.log" | head -30
-         done ;;
+         done
+         # the wide kernel's other variants (bf16 weights, 16 warps), off by default
+         VOXQ_CUDA_WIDE_BF16=1 VOXQ_CUDA_WIDE_WN=4 $G/test_cuda_ops > "$OUT/test_cuda_ops_wide.log" 2>&1
+         echo "test_cuda_ops (wide bf16, WN=4) rc=$? $(tail -1 $OUT/test_cuda_ops_wide.log)" ;;
     gemv) $G/bench_cuda_gemv --reps 20 > "$OUT/gemv.json" 2>&1;
           python3 -c "import json;d=json.load(open('$OUT/gemv.json'));[print('gemv-step',r) for r in d['decoder_weights_step']]" ;;
     steps) for f in bf16 int8 int4; do

@@ -1,0 +1,500 @@
+/* cuda_linear_wide.cu - y[n, out] (+)= pre(x)[n, in] . W^T for 65..128 rows of x (33-64
+ * sequences with CFG) on tensor cores, int8 and int4 weights read as stored.
+ *
+ * At 128 rows every weight meets 128 columns of x: k_mma (one m-tile a warp, x re-read from
+ * shared memory by every warp, weights through registers) runs out of registers and shared
+ * memory bandwidth there, and the cuBLAS path expands each int8/int4 weight to bf16 in memory on
+ * every call (int8 decoder step, weights only: 2.96 ms against 1.66 ms with bf16 weights).
+ * k_wide is a tile GEMM instead:
+ *   - k_wide_prep writes x once as bf16 (prologue applied: rmsnorm, or silu(gate) * up), in the
+ *     pair order of the weight format (cuda_mma.cuh); columns past n are zero-filled by the
+ *     copies below, not stored;
+ *   - a block owns WIDE_BM = 128 weight rows (8 m-tiles; with the silu epilogue 8 gate rows and
+ *     their 8 up rows an m-tile) and all 128 columns of x; stages of WIDE_KS = 128 inputs of its
+ *     k range go through two cp.async rings in shared memory (weights: 128 rows x 64-256 bytes;
+ *     x: 128 columns x 128 bf16), the weights prefetched into L2 PF stages ahead;
+ *   - 8 warps (WN = 2), 4 along the weight rows (2 m-tiles each) x 2 along x (8 n-tiles each):
+ *     a warp dequantizes its 2 x 2 weight rows of a k-step into registers once and reuses them
+ *     for 8 n-tiles, each n-tile's x fragment feeding 2 m-tiles (64 f32 accumulators a lane);
+ *   - small matrices split k over a cluster of up to 8 blocks; every block leaves its 128 x 128
+ *     tile in shared memory and the cluster's ranks each finish a share of the outputs, summing
+ *     the ranks in order (deterministic), then apply the int8 row scales, the residual add or the
+ *     silu * up epilogue, with coalesced stores.
+ * The k permutation is k_mma's: lane t owns 16 contiguous bytes of each k-step's weight row,
+ * and the staged x uses the same physical k, so no repacking anywhere.
+ *
+ * Where it stands (H200, docs/perf-notes.md, session 3): the tensor pipe runs at ~30% of its
+ * peak, with mma.sync issue and math-pipe throttling the stalls; gate_up at 128 rows takes 45 us
+ * for int8 against cuBLAS's 28 us for bf16 weights (wgmma), so bf16 weights stay on cuBLAS and
+ * int8 wins only by not expanding (decoder step at 64 sequences 4.09 vs 4.39 ms). */
+#include <cooperative_groups.h>
+
+#include "engine/cuda/cuda_mma.cuh"
+
+#define WIDE_COLS 128    /* columns of x a block covers (n <= 128; the rest zero-filled) */
+#define WIDE_BM 128      /* weight rows a block covers: 8 m-tiles of 16 */
+#define WIDE_MAX_CLUSTER 8
+
+/* A stage of the rings is WIDE_KS = 128 inputs of every format (1-4 k-steps): one barrier per
+ * 128-256 mmas of a warp. */
+#define WIDE_KS 128
+template <int FMT> struct wide_cfg {
+    static constexpr int V = mma_fmt<FMT>::V;    /* weight values in 16 bytes */
+    static constexpr int PAIRS = V / 2;          /* bf16x2 registers of 16 weight bytes */
+    static constexpr int KW = 4 * V;             /* inputs a k-step (64 weight bytes a row) */
+    static constexpr int KS = WIDE_KS / KW;      /* k-steps a stage */
+    /* Bytes a weight row of a stage takes in shared memory: = 64 mod 128, so the two rows a
+     * quarter warp reads (4 lanes x 16 bytes each) cover all banks once. */
+    static constexpr int WSTR = KS == 1 ? 64 : 64 * KS + 64;
+    static constexpr int WCH = 4 * KS;           /* 16-byte copies of a weight row a stage */
+    static constexpr int XSTR = WIDE_KS + mma_fmt<FMT>::PAD; /* bf16 a staged column of x */
+    static constexpr int XCH = WIDE_KS * 2 / 16; /* 16-byte copies of a column a stage */
+    static constexpr int W_BYTES = WIDE_BM * WSTR;
+    static constexpr int X_BYTES = WIDE_COLS * XSTR * 2;
+    /* Ring depths (stages): cp.async groups complete in order, so a stage's weights can only
+     * be waited for together with everything copied before them; the weights' DRAM latency is
+     * covered instead by prefetching them into L2 PF stages ahead (48-96 KB an SM in flight,
+     * what 4 TB/s needs over 132 SMs), and both rings copy from L2. */
+    static constexpr int DW = FMT == ENG_W_BF16 ? 2 : 3, DX = DW;
+    static constexpr int PF = FMT == ENG_W_BF16 ? 3 : FMT == ENG_W_I8 ? 6 : 10;
+    static constexpr int LINES = WSTR > 64 ? 64 * KS / 128 : 1; /* 128-byte lines a row a stage */
+    static constexpr int TSTR = WIDE_BM + 4;     /* f32 a column of the output tile */
+    static constexpr int TILE_BYTES = WIDE_COLS * TSTR * 4;
+    static constexpr int RING = DW * W_BYTES + DX * X_BYTES;
+    static constexpr int SMEM = RING > TILE_BYTES ? RING : TILE_BYTES;
+    static_assert(WIDE_COLS * XCH % 512 == 0, "x copies split evenly");
+    static_assert(WIDE_BM * WCH % 512 == 0, "weight copies split evenly");
+    static_assert(XSTR * 2 % 16 == 0, "16-byte aligned columns");
+    static_assert(SMEM <= 227 * 1024, "one block an SM");
+    static_assert(DW >= DX, "the ring protocol below");
+};
+
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    int bytes = valid ? 16 : 0; /* 0: the 16 bytes are zero-filled, nothing is read */
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+/* xb[row] = pre(x[row]) as bf16 in the pair order of FMT (one block a row of x). */
+template <int FMT, int PRE>
+__global__ void __launch_bounds__(256)
+k_wide_prep(__nv_bfloat16 *__restrict__ xb, const float *__restrict__ x,
+            const float *__restrict__ norm, float eps, int in) {
+    __shared__ float s_ss[8];
+    int row = (int)blockIdx.x;
+    pdl_trigger();
+    pdl_wait();
+    const float *xr = x + (size_t)row * (PRE == ENG_PRE_SILU_MUL ? 2 * in : in);
+    float r = 1.f;
+    if (PRE == ENG_PRE_RMSNORM) {
+        float ss = 0.f;
+        for (int k = (int)threadIdx.x * 8; k < in; k += 256 * 8) {
+            float v[8];
+            load8(xr + k, v);
+#pragma unroll
+            for (int j = 0; j < 8; j++) ss = fmaf(v[j], v[j], ss);
+        }
+        ss = warp_sum(ss);
+        if (threadIdx.x % 32 == 0) s_ss[threadIdx.x / 32] = ss;
+        __syncthreads();
+        ss = 0.f;
+#pragma unroll
+        for (int w = 0; w < 8; w++) ss += s_ss[w];
+        r = rsqrtf(ss / (float)in + eps);
+    }
+    for (int k = (int)threadIdx.x * 8; k < in; k += 256 * 8) {
+        float v[8];
+        load8(xr + k, v);
+        if (PRE == ENG_PRE_SILU_MUL) {
+            float u[8];
+            load8(xr + in + k, u);
+#pragma unroll
+            for (int j = 0; j < 8; j++) v[j] = v[j] / (1.f + __expf(-v[j])) * u[j];
+        } else if (PRE == ENG_PRE_RMSNORM) {
+            float nw[8];
+            load8(norm + k, nw);
+#pragma unroll
+            for (int j = 0; j < 8; j++) v[j] *= r * nw[j];
+        }
+        uint4 st;
+        if (FMT == ENG_W_I4) /* x0 x4 x1 x5 x2 x6 x3 x7 */
+            st = make_uint4(pack_bf16(v[0], v[4]), pack_bf16(v[1], v[5]), pack_bf16(v[2], v[6]),
+                            pack_bf16(v[3], v[7]));
+        else
+            st = make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]), pack_bf16(v[4], v[5]),
+                            pack_bf16(v[6], v[7]));
+        *(uint4 *)(xb + (size_t)row * in + k) = st;
+    }
+}
+
+/* The tile GEMM described above, for each segment of segs: xb [n, in] bf16 from k_wide_prep;
+ * steps_per_block k-steps for each rank (blockIdx.y) of a cluster of gridDim.y blocks. */
+/* WN: warps along x (2: 8 warps, 8 n-tiles a warp, 64 accumulators a lane; 4: 16 warps, 4
+ * n-tiles, 32 accumulators and at most 128 registers, twice the warps to hide latency with,
+ * each weight row dequantized by 4 warps instead of 2). */
+template <int FMT, int ACC, int EPI, int WN>
+__global__ void __launch_bounds__(4 * WN * 32, 1)
+k_wide(const lin_segs segs, const __nv_bfloat16 *__restrict__ xb, int n, int in, int group,
+       int steps_per_block) {
+    using C = wide_cfg<FMT>;
+    constexpr int PAIRS = C::PAIRS, V = C::V;
+    extern __shared__ __align__(16) unsigned char smem[];
+    int blk = (int)blockIdx.x;
+    const lin_seg sg = seg_of(segs, blk);
+    const int out = sg.out, half = out / 2;
+    const int tid = (int)threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    constexpr int WIDE_THREADS = 4 * WN * 32, NTW = 16 / WN; /* n-tiles a warp */
+    const int wm = warp % 4, wn = warp / 4;
+    const int mt0 = blk * (WIDE_BM / 16);
+    const int stages = in / WIDE_KS, s_begin = (int)blockIdx.y * steps_per_block;
+    const int nst = min(stages, s_begin + steps_per_block) - s_begin;
+    const size_t row_chunks = (size_t)(in / V); /* 16-byte chunks a weight row */
+
+    /* The weight row behind local row lr of the tile, or -1 past the matrix. */
+    auto wrow = [&](int lr) -> int {
+        int mt = mt0 + lr / 16, rr = lr % 16;
+        if (EPI) {
+            int o = 8 * mt + (rr & 7);
+            return o < half ? (rr < 8 ? o : half + o) : -1;
+        }
+        int r = 16 * mt + rr;
+        return r < out ? r : -1;
+    };
+    /* This thread's copies of every stage, addresses fixed up front (the loop only adds the
+     * stage): WPT weight copies, copy c = tid + WIDE_THREADS * i being chunk c % WCH of local
+     * row c / WCH (rows past the matrix are zero-filled); XPT copies of x, chunk c % XCH of
+     * column c / XCH (columns past n zero-filled). Offsets in shared memory are from the slot. */
+    constexpr int WPT = WIDE_BM * C::WCH / WIDE_THREADS;
+    constexpr int XPT = WIDE_COLS * C::XCH / WIDE_THREADS;
+    const uint4 *wsrc[WPT];
+    uint32_t wdst[WPT], xsrc[XPT], xdst[XPT];
+    uint32_t wok = 0, xok = 0; /* bit i: copy i reads memory */
+#pragma unroll
+    for (int i = 0; i < WPT; i++) {
+        int c = tid + WIDE_THREADS * i, r = wrow(c / C::WCH);
+        wok |= (uint32_t)(r >= 0) << i;
+        wsrc[i] = sg.w + (size_t)(r >= 0 ? r : 0) * row_chunks + c % C::WCH;
+        wdst[i] = (uint32_t)((c / C::WCH) * C::WSTR + (c % C::WCH) * 16);
+    }
+#pragma unroll
+    for (int i = 0; i < XPT; i++) {
+        int c = tid + WIDE_THREADS * i, col = c / C::XCH, part = c % C::XCH;
+        xok |= (uint32_t)(col < n) << i;
+        xsrc[i] = col < n ? (uint32_t)(col * in + part * 8) : 0u;
+        xdst[i] = (uint32_t)((col * C::XSTR + part * 8) * 2);
+    }
+    unsigned char *const xring = smem + C::DW * C::W_BYTES;
+    /* Copies of stage s_w's weights and stage s_x's x (local indices; -1: none) into their slots
+     * of the two rings. */
+    auto load_stage = [&](int s_w, int s_x) {
+        if (s_w >= 0) {
+            unsigned char *st = smem + (s_w % C::DW) * C::W_BYTES;
+            size_t off = (size_t)(s_begin + s_w) * C::WCH;
+#pragma unroll
+            for (int i = 0; i < WPT; i++) cp_async16(st + wdst[i], wsrc[i] + off, (wok >> i) & 1);
+        }
+        if (s_x >= 0) {
+            unsigned char *st = xring + (s_x % C::DX) * C::X_BYTES;
+            const __nv_bfloat16 *src = xb + (size_t)(s_begin + s_x) * WIDE_KS;
+#pragma unroll
+            for (int i = 0; i < XPT; i++) cp_async16(st + xdst[i], src + xsrc[i], (xok >> i) & 1);
+        }
+    };
+    /* int4 group scales of this lane's four rows (2 m-tiles x rows g, g + 8). */
+    const float *srow[2][2];
+    int ngroups = FMT == ENG_W_I4 ? (in + group - 1) / group : 1;
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            int r = wrow((2 * wm + mt) * 16 + g + 8 * h);
+            srow[mt][h] = FMT == ENG_W_I4 && r >= 0 ? sg.scales + (size_t)r * ngroups : NULL;
+        }
+
+    float acc[2][NTW][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int j = 0; j < NTW; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[mt][j][e] = 0.f;
+
+    /* The mmas of local stage i (weights and x in their ring slots), k-step ks of it. */
+    auto compute = [&](int i, int ks) {
+        const int s = (s_begin + i) * C::KS + ks; /* k-step of the matrix */
+        const unsigned char *st = smem + (i % C::DW) * C::W_BYTES + ks * 64;
+        const __nv_bfloat16 *xs =
+            (const __nv_bfloat16 *)(xring + (i % C::DX) * C::X_BYTES) + ks * C::KW;
+        uint32_t a[2][2][PAIRS];
+        float sc[2][2];
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                int lr = (2 * wm + mt) * 16 + g + 8 * h;
+                mma_fmt<FMT>::dequant(*(const uint4 *)(st + lr * C::WSTR + t * 16), a[mt][h]);
+                if (FMT == ENG_W_I4)
+                    sc[mt][h] = srow[mt][h] ? __ldg(srow[mt][h] + s * C::KW / group) : 0.f;
+            }
+#pragma unroll
+        for (int j = 0; j < NTW; j++) {
+            const uint4 *xp = (const uint4 *)(xs + ((wn * NTW + j) * 8 + g) * C::XSTR + t * V);
+            uint32_t b[PAIRS];
+#pragma unroll
+            for (int i = 0; i < V / 8; i++) {
+                uint4 v = xp[i];
+                b[4 * i] = v.x; b[4 * i + 1] = v.y; b[4 * i + 2] = v.z; b[4 * i + 3] = v.w;
+            }
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++) {
+                if (FMT == ENG_W_I4) { /* one group a k-step: fresh fragment, then row scales */
+                    float part[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+                    for (int i = 0; i < PAIRS / 2; i++)
+                        mma_bf16(part, a[mt][0][2 * i], a[mt][1][2 * i], a[mt][0][2 * i + 1],
+                                 a[mt][1][2 * i + 1], b[2 * i], b[2 * i + 1]);
+                    acc[mt][j][0] = fmaf(part[0], sc[mt][0], acc[mt][j][0]);
+                    acc[mt][j][1] = fmaf(part[1], sc[mt][0], acc[mt][j][1]);
+                    acc[mt][j][2] = fmaf(part[2], sc[mt][1], acc[mt][j][2]);
+                    acc[mt][j][3] = fmaf(part[3], sc[mt][1], acc[mt][j][3]);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < PAIRS / 2; i++)
+                        mma_bf16(acc[mt][j], a[mt][0][2 * i], a[mt][1][2 * i],
+                                 a[mt][0][2 * i + 1], a[mt][1][2 * i + 1], b[2 * i],
+                                 b[2 * i + 1]);
+                }
+            }
+        }
+    };
+
+    /* Ring protocol (DW >= DX): prologue commit group p holds the x of stage p (p < DX - 1),
+     * group 0 also every prologue weight stage (p < DW - 1); loop iteration i commits the weights
+     * of stage i + DW - 1 and the x of stage i + DX - 1. The x of stage i is then the later of
+     * its two groups, and
+     * DX - 2 groups may still be pending when it has landed, so one wait_group(DX - 2) at the
+     * top of iteration i covers both. Slots refilled in iteration i were consumed in i - 1,
+     * which the barrier after the wait orders. The weights do not depend on the kernel before:
+     * the prologue's weight copies start before waiting for it. */
+    /* L2 prefetch of stage p's weights: thread tid < WIDE_BM takes local row tid. */
+    const unsigned char *prow = NULL;
+    if (tid < WIDE_BM) {
+        int r = wrow(tid);
+        if (r >= 0) prow = (const unsigned char *)(sg.w + (size_t)r * row_chunks);
+    }
+    auto prefetch_stage = [&](int p) {
+        if (!prow || p >= nst) return;
+        const unsigned char *a = prow + (size_t)(s_begin + p) * C::WCH * 16;
+#pragma unroll
+        for (int l = 0; l < C::LINES; l++)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(a + 128 * l));
+    };
+    pdl_trigger();
+    for (int p = 0; p < C::PF; p++) prefetch_stage(p);
+    for (int p = 0; p < C::DW - 1; p++)
+        if (p < nst) load_stage(p, -1);
+    pdl_wait();
+    for (int p = 0; p < C::DW - 1; p++) {
+        if (p < C::DX - 1 && p < nst) load_stage(-1, p);
+        cp_async_commit();
+    }
+    for (int i = 0; i < nst; i++) {
+        cp_async_wait<C::DX - 2>();
+        __syncthreads();
+        prefetch_stage(i + C::PF);
+        int nw = i + C::DW - 1, nx = i + C::DX - 1;
+        load_stage(nw < nst ? nw : -1, nx < nst ? nx : -1);
+        cp_async_commit();
+#pragma unroll
+        for (int ks = 0; ks < C::KS; ks++) compute(i, ks);
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    /* The block's partial tile, [column][local row], in the ring's memory. */
+    float *tile = (float *)smem;
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int j = 0; j < NTW; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int lr = (2 * wm + mt) * 16 + g + (e >= 2 ? 8 : 0);
+                int col = (wn * NTW + j) * 8 + 2 * t + (e & 1);
+                tile[col * C::TSTR + lr] = acc[mt][j][e];
+            }
+    namespace cg = cooperative_groups;
+    const int ranks = (int)gridDim.y, rank = (int)blockIdx.y;
+    if (ranks > 1)
+        cg::this_cluster().sync();
+    else
+        __syncthreads();
+    const float *part[WIDE_MAX_CLUSTER];
+#pragma unroll
+    for (int q = 0; q < WIDE_MAX_CLUSTER; q++)
+        part[q] = q == 0 && ranks == 1 ? tile
+                  : q < ranks          ? cg::this_cluster().map_shared_rank(tile, q)
+                                       : tile;
+    constexpr int R = EPI ? WIDE_BM / 2 : WIDE_BM; /* outputs a column of the tile */
+    const int cols = min(n, WIDE_COLS);
+    float *__restrict__ y = sg.y;
+    const float *__restrict__ scales = sg.scales;
+    for (int it = rank * WIDE_THREADS + tid; it < cols * R; it += ranks * WIDE_THREADS) {
+        int col = it / R, r = it % R;
+        if (EPI) {
+            int lm = r / 8, rr = r % 8, o = 8 * (mt0 + lm) + rr;
+            if (o >= half) continue;
+            int off = col * C::TSTR + lm * 16 + rr;
+            float gate = 0.f, up = 0.f;
+#pragma unroll
+            for (int q = 0; q < WIDE_MAX_CLUSTER; q++)
+                if (q < ranks) {
+                    gate += part[q][off];
+                    up += part[q][off + 8];
+                }
+            if (FMT == ENG_W_I8) {
+                gate *= scales[o];
+                up *= scales[half + o];
+            }
+            y[(size_t)col * half + o] = gate / (1.f + __expf(-gate)) * up;
+        } else {
+            int row = 16 * mt0 + r;
+            if (row >= out) continue;
+            float v = 0.f;
+#pragma unroll
+            for (int q = 0; q < WIDE_MAX_CLUSTER; q++)
+                if (q < ranks) v += part[q][col * C::TSTR + r];
+            if (FMT == ENG_W_I8) v *= scales[row];
+            float *dst = y + (size_t)col * out + row;
+            if (ACC)
+                *dst += v;
+            else
+                *dst = v;
+        }
+    }
+    if (ranks > 1) cg::this_cluster().sync(); /* keep this tile alive until every rank read it */
+}
+
+/* Fewest rows of x the wide kernel takes: 65 (64 and fewer stay with k_mma, whose int8/int4
+ * policy was measured against cuBLAS; k_wide was not compared there), or
+ * VOXQ_CUDA_WIDE_MIN_ROWS read once (A/B timing; 129 turns it off). */
+static int wide_min_rows(void) {
+    static int rows;
+    if (!rows) rows = (int)cuda_env_knob("VOXQ_CUDA_WIDE_MIN_ROWS", 65, 1, WIDE_COLS + 1);
+    return rows;
+}
+
+/* Warps along x of k_wide: 2, or VOXQ_CUDA_WIDE_WN=4 read once (A/B timing: 16 warps of 32
+ * accumulators were not faster, int8 64 sequences 4.19 vs 4.09 ms a step). */
+static int wide_warps_n(void) {
+    static int wn;
+    if (!wn) wn = cuda_env_knob("VOXQ_CUDA_WIDE_WN", 2, 2, 4) == 4 ? 4 : 2;
+    return wn;
+}
+
+/* Whether bf16 weights take k_wide too: no (cuBLAS streams them faster: weights-only step at
+ * 128 rows 1.66 vs 3.3 ms), unless VOXQ_CUDA_WIDE_BF16=1 read once (A/B timing, tests). */
+static int wide_bf16(void) {
+    static int on = -1;
+    if (on < 0) on = cuda_env_knob("VOXQ_CUDA_WIDE_BF16", 0, 0, 1) != 0;
+    return on;
+}
+
+int cuda_wide_ok(const eng_weight *w, int64_t n) {
+    if (n < wide_min_rows() || n > WIDE_COLS || w->out < 1 || w->in > INT_MAX / WIDE_COLS)
+        return 0;
+    switch (w->fmt) {
+    case ENG_W_BF16: return wide_bf16() && w->in % WIDE_KS == 0;
+    case ENG_W_I8: return w->in % WIDE_KS == 0;
+    case ENG_W_I4: return w->in % WIDE_KS == 0 && w->group > 0 && w->group % 128 == 0;
+    default: return 0;
+    }
+}
+
+template <int FMT>
+static cudaError_t launch_prep(__nv_bfloat16 *xb, const float *x, int n, int in, int pre,
+                               const float *norm, float eps, cudaStream_t st) {
+    cudaLaunchAttribute attr[2];
+    cudaLaunchConfig_t cfg = pdl_cluster_config(dim3((unsigned)n), dim3(256), 0, st, attr, 1);
+    if (pre == ENG_PRE_RMSNORM)
+        return cudaLaunchKernelEx(&cfg, k_wide_prep<FMT, ENG_PRE_RMSNORM>, xb, x, norm, eps, in);
+    if (pre == ENG_PRE_SILU_MUL)
+        return cudaLaunchKernelEx(&cfg, k_wide_prep<FMT, ENG_PRE_SILU_MUL>, xb, x, norm, eps, in);
+    return cudaLaunchKernelEx(&cfg, k_wide_prep<FMT, ENG_PRE_NONE>, xb, x, norm, eps, in);
+}
+
+template <int FMT, int ACC, int EPI, int WN>
+static cudaError_t launch_wide_k(const lin_set *set, const __nv_bfloat16 *xb, int n, int sms,
+                                 cudaStream_t st) {
+    using C = wide_cfg<FMT>;
+    static bool smem_set;
+    if (!smem_set) {
+        cudaError_t e = cudaFuncSetAttribute(k_wide<FMT, ACC, EPI, WN>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
+        if (e != cudaSuccess) return e;
+        smem_set = true;
+    }
+    const eng_weight *w = set->w[0];
+    int64_t mblocks;
+    lin_segs segs = make_segs(set, EPI, EPI ? 8 : 16, WIDE_BM / 16, &mblocks);
+    /* One block an SM: small matrices split k over a cluster. */
+    int steps = (int)(w->in / WIDE_KS); /* stages of k */
+    int per, split = split_k(sms, mblocks, WIDE_MAX_CLUSTER, steps, &per);
+    cudaLaunchAttribute attr[2];
+    cudaLaunchConfig_t cfg = pdl_cluster_config(dim3((unsigned)mblocks, (unsigned)split),
+                                                dim3(4 * WN * 32), C::SMEM, st, attr, split);
+    return cudaLaunchKernelEx(&cfg, k_wide<FMT, ACC, EPI, WN>, segs, xb, n, (int)w->in, w->group,
+                              per);
+}
+
+template <int FMT>
+static cudaError_t launch_wide_fmt(const lin_set *set, __nv_bfloat16 *xb, const float *x, int n,
+                                   int pre, int acc, int post, const float *norm, float eps,
+                                   int sms, cudaStream_t st) {
+    cudaError_t e = launch_prep<FMT>(xb, x, n, (int)set->w[0]->in, pre, norm, eps, st);
+    if (e != cudaSuccess) return e;
+    if (wide_warps_n() == 2) {
+        if (post == ENG_POST_SILU_MUL) return launch_wide_k<FMT, 0, 1, 2>(set, xb, n, sms, st);
+        return acc ? launch_wide_k<FMT, 1, 0, 2>(set, xb, n, sms, st)
+                   : launch_wide_k<FMT, 0, 0, 2>(set, xb, n, sms, st);
+    }
+    if (post == ENG_POST_SILU_MUL) return launch_wide_k<FMT, 0, 1, 4>(set, xb, n, sms, st);
+    return acc ? launch_wide_k<FMT, 1, 0, 4>(set, xb, n, sms, st)
+               : launch_wide_k<FMT, 0, 0, 4>(set, xb, n, sms, st);
+}
+
+int cuda_linear_wide(eng_backend *be, const lin_set *set, const float *x, int64_t n, int pre,
+                     int acc, int post, const float *norm, float eps) {
+    cuda_impl *c = cuda_of(be);
+    const eng_weight *w = set->w[0];
+    void *scratch = NULL;
+    int rc = cuda_scratch(be, (size_t)n * (size_t)w->in * 2, &scratch);
+    if (rc) return rc;
+    __nv_bfloat16 *xb = (__nv_bfloat16 *)scratch;
+    cudaError_t e;
+    switch (w->fmt) {
+    case ENG_W_BF16:
+        e = launch_wide_fmt<ENG_W_BF16>(set, xb, x, (int)n, pre, acc, post, norm, eps,
+                                        c->sm_count, c->stream);
+        break;
+    case ENG_W_I8:
+        e = launch_wide_fmt<ENG_W_I8>(set, xb, x, (int)n, pre, acc, post, norm, eps,
+                                      c->sm_count, c->stream);
+        break;
+    default:
+        e = launch_wide_fmt<ENG_W_I4>(set, xb, x, (int)n, pre, acc, post, norm, eps,
+                                      c->sm_count, c->stream);
+        break;
+    }
+    if (e != cudaSuccess)
+        return eng_backend_fail(be, ENG_EDEVICE, "linear (wide): launch: %s",
+                                cudaGetErrorString(e));
+    return 0;
+}
