@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cuda_profiler_api.h>
+
 #include "engine/cuda/cuda_internal.h"
 
 /* Allocations are rounded up to this many bytes (16-byte vector loads never cross an end). */
@@ -304,10 +306,20 @@ static int cuda_graph_end(eng_backend *be, int key) {
     return 0;
 }
 
+/* VOXQ_CUDA_PROFILE_FROM_STEP=N (read once): cudaProfilerStart() before the N-th step graph
+ * launch, so `ncu --profile-from-start off` (tools/device/ncu-step.sh) sees decoder steps only,
+ * not the admissions and captures in front of them. 0 (unset): never. */
+static long profile_from_step(void) {
+    static long step = -1;
+    if (step < 0) step = cuda_env_knob("VOXQ_CUDA_PROFILE_FROM_STEP", 0, 0, 1L << 30);
+    return step;
+}
+
 static int cuda_graph_launch(eng_backend *be, int key) {
     cuda_impl *c = cuda_of(be);
     for (int i = 0; i < c->ngraphs; i++)
         if (c->graphs[i].key == key) {
+            if (++c->graph_launches == profile_from_step()) CU_CHECK(be, cudaProfilerStart());
             CU_CHECK(be, cudaGraphLaunch(c->graphs[i].exec, c->stream));
             return 0;
         }

@@ -46,6 +46,7 @@ typedef struct cuda_impl {
     int capturing;
     cuda_graph_slot graphs[CUDA_MAX_GRAPHS];
     int ngraphs;
+    long graph_launches; /* step graphs launched so far (VOXQ_CUDA_PROFILE_FROM_STEP) */
 } cuda_impl;
 
 static inline cuda_impl *cuda_of(eng_backend *be) { return (cuda_impl *)be->impl; }
