@@ -434,12 +434,17 @@ template <int FMT, int ACC, int EPI, int WN>
 static cudaError_t launch_wide_k(const lin_set *set, const __nv_bfloat16 *xb, int n, int sms,
                                  cudaStream_t st) {
     using C = wide_cfg<FMT>;
-    static bool smem_set;
-    if (!smem_set) {
-        cudaError_t e = cudaFuncSetAttribute(k_wide<FMT, ACC, EPI, WN>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
+    /* The shared-memory opt-in is per device: once for each of the first 32 devices the
+     * process uses, every launch past them (not a stream operation, so allowed in capture). */
+    static unsigned smem_set;
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return e;
+    if (dev >= 32 || !((__atomic_load_n(&smem_set, __ATOMIC_RELAXED) >> dev) & 1u)) {
+        e = cudaFuncSetAttribute(k_wide<FMT, ACC, EPI, WN>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
         if (e != cudaSuccess) return e;
-        smem_set = true;
+        if (dev < 32) __atomic_fetch_or(&smem_set, 1u << dev, __ATOMIC_RELAXED);
     }
     const eng_weight *w = set->w[0];
     int64_t mblocks;
