@@ -53,7 +53,7 @@ template <int FMT> struct wide_cfg {
     static constexpr int X_BYTES = WIDE_COLS * XSTR * 2;
     /* Ring depths (stages): cp.async groups complete in order, so a stage's weights can only
      * be waited for together with everything copied before them; the weights' DRAM latency is
-     * covered instead by prefetching them into L2 PF stages ahead (48-96 KB an SM in flight,
+     * covered instead by prefetching them into L2 PF stages ahead (80-96 KB an SM in flight,
      * what 4 TB/s needs over 132 SMs), and both rings copy from L2. */
     static constexpr int DW = FMT == ENG_W_BF16 ? 2 : 3, DX = DW;
     static constexpr int PF = FMT == ENG_W_BF16 ? 3 : FMT == ENG_W_I8 ? 6 : 10;
