@@ -273,9 +273,10 @@ __global__ void k_gemv_any(float *__restrict__ y, const float *__restrict__ x, c
  *         (w >> 4j) & 0x000F000F | 0x43004300 turns into the bf16 pair 128+q exactly;
  *         x staged as x0 x4 x1 x5 x2 x6 x3 x7 in every group of 8.
  * Dequantization (cuda_mma.cuh): int8 via the bf16 128/256 magic (the low 7 bits under 128's
- * exponent, minus 128 or 256 by the sign bit), int4 via the bf16 128-magic above and one bf16x2 subtraction of 136 (both exact). int4 group
- * scales apply per k-step (a k-step is 128 inputs, so a group of a multiple of 128 never splits
- * one); int8 row scales and the rmsnorm 1/rms apply at the end.
+ * exponent, minus 128 or 256 by the sign bit), int4 via the bf16 128-magic above and one bf16x2
+ * subtraction of 136 (both exact). int4 group scales apply per k-step (a k-step is 128 inputs,
+ * so a group of a multiple of 128 never splits one); int8 row scales and the rmsnorm 1/rms apply
+ * at the end.
  *
  * Work split: a block is WARPS warps (4; 8 above 16 rows of x, so that more weight rows share one
  * staging of x), warp w owns m-tile WARPS * blockIdx.x + w (16 weight rows; with the
