@@ -288,7 +288,14 @@ __global__ void k_gemv_any(float *__restrict__ y, const float *__restrict__ x, c
  * 16-byte loads a lane) at a time, the next chunk in flight while the mmas run (mma_cfg). */
 #define MMA_MAX_ROWS 128 /* rows of x (16 n-tiles of 8) */
 #define MMA_MAX_CLUSTER 8
-#define MMA_TARGET_BLOCKS 264 /* two blocks an SM on the H200's 132 */
+/* Blocks a k_mma launch aims at (split-k makes up the rest): 264, two an SM on the H200's 132,
+ * or VOXQ_CUDA_MMA_TARGET_BLOCKS read once (A/B timing: 132, 528 and 1056 were slower, int8 one
+ * sequence 1.48, 1.25 and 1.29 ms a step against 1.19). */
+static int mma_target_blocks(void) {
+    static int t;
+    if (!t) t = (int)cuda_env_knob("VOXQ_CUDA_MMA_TARGET_BLOCKS", 264, 1, 1 << 20);
+    return t;
+}
 
 /* Tile constants of one format and n-tile count. x is staged XU k-steps at a time (at most 32 KB
  * of bf16, up to 2048 inputs at 1-8 rows: one staging, two barriers, for most blocks); the
@@ -896,7 +903,7 @@ static cudaError_t launch_mma_k(const lin_set *set, const float *x, int n, const
     int64_t mblocks; /* m-tiles of 16 rows (epilogue: 8 gate + 8 up rows), WARPS a block */
     lin_segs segs = make_segs(set, EPI, EPI ? 8 : 16, WARPS, &mblocks);
     int steps = (int)(w->in / mma_cfg<FMT, NT>::KW);
-    int per, split = split_k(MMA_TARGET_BLOCKS, mblocks, MMA_MAX_CLUSTER, steps, &per);
+    int per, split = split_k(mma_target_blocks(), mblocks, MMA_MAX_CLUSTER, steps, &per);
     cudaLaunchAttribute attr[2];
     cudaLaunchConfig_t cfg = pdl_cluster_config(dim3((unsigned)mblocks, (unsigned)split),
                                                 dim3(WARPS * 32), 0, st, attr, split);

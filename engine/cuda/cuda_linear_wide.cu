@@ -16,17 +16,21 @@
  *   - 8 warps (WN = 2), 4 along the weight rows (2 m-tiles each) x 2 along x (8 n-tiles each):
  *     a warp dequantizes its 2 x 2 weight rows of a k-step into registers once and reuses them
  *     for 8 n-tiles, each n-tile's x fragment feeding 2 m-tiles (64 f32 accumulators a lane);
- *   - small matrices split k over a cluster of up to 8 blocks; every block leaves its 128 x 128
+ *   - small matrices split k over a cluster of up to 6 blocks; every block leaves its 128 x 128
  *     tile in shared memory and the cluster's ranks each finish a share of the outputs, summing
  *     the ranks in order (deterministic), then apply the int8 row scales, the residual add or the
  *     silu * up epilogue, with coalesced stores.
  * The k permutation is k_mma's: lane t owns 16 contiguous bytes of each k-step's weight row,
  * and the staged x uses the same physical k, so no repacking anywhere.
  *
- * Where it stands (H200, docs/perf-notes.md, session 3): the tensor pipe runs at ~30% of its
- * peak, with mma.sync issue and math-pipe throttling the stalls; gate_up at 128 rows takes 45 us
- * for int8 against cuBLAS's 28 us for bf16 weights (wgmma), so bf16 weights stay on cuBLAS and
- * int8 wins only by not expanding (decoder step at 64 sequences 4.09 vs 4.39 ms). */
+ * k_wide_wg (below) is the same tile with Hopper's wgmma: A (dequantized weights) from
+ * registers, x from shared memory through a matrix descriptor, so no x fragments are loaded per
+ * mma. It takes int8 (and, with VOXQ_CUDA_WIDE_BF16=1, bf16) weights; int4 stays on k_wide.
+ *
+ * Where it stands (H200, docs/perf-notes.md, session 4): gate_up at 128 rows takes 33 us with
+ * int8 weights through k_wide_wg (45 us through k_wide; cuBLAS with bf16 weights 28 us); the
+ * int8 decoder step at 64 sequences is 3.14 ms against 3.06 ms with bf16 weights on cuBLAS.
+ * Clusters of at most 6 (not 8) blocks: with one block an SM, clusters of 8 were slower. */
 #include <cooperative_groups.h>
 
 #include "engine/cuda/cuda_mma.cuh"
@@ -68,19 +72,6 @@ template <int FMT> struct wide_cfg {
     static_assert(SMEM <= 227 * 1024, "one block an SM");
     static_assert(DW >= DX, "the ring protocol below");
 };
-
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
-    unsigned s = (unsigned)__cvta_generic_to_shared(dst);
-    int bytes = valid ? 16 : 0; /* 0: the 16 bytes are zero-filled, nothing is read */
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() {
-    asm volatile("cp.async.commit_group;" ::: "memory");
-}
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
 
 /* xb[row] = pre(x[row]) as bf16 in the pair order of FMT (one block a row of x). */
 template <int FMT, int PRE>
@@ -132,6 +123,183 @@ k_wide_prep(__nv_bfloat16 *__restrict__ xb, const float *__restrict__ x,
                             pack_bf16(v[6], v[7]));
         *(uint4 *)(xb + (size_t)row * in + k) = st;
     }
+}
+
+/* The end of a wide kernel: every block of the cluster (gridDim.y ranks) has left its partial
+ * 128 x 128 tile in shared memory ([column][local row], tstr floats a column); the ranks each
+ * finish a share of the outputs, summing the ranks in order (deterministic), then apply the int8
+ * row scales and the residual add or the silu * up epilogue, with coalesced stores. */
+template <int FMT, int ACC, int EPI, int WIDE_THREADS>
+__device__ __forceinline__ void wide_finish(const lin_seg &sg, float *tile, int tstr, int n,
+                                            int mt0) {
+    const int tid = (int)threadIdx.x, out = sg.out, half = out / 2;
+    namespace cg = cooperative_groups;
+    const int ranks = (int)gridDim.y, rank = (int)blockIdx.y;
+    if (ranks > 1)
+        cg::this_cluster().sync();
+    else
+        __syncthreads();
+    const float *part[WIDE_MAX_CLUSTER];
+#pragma unroll
+    for (int q = 0; q < WIDE_MAX_CLUSTER; q++)
+        part[q] = q == 0 && ranks == 1 ? tile
+                  : q < ranks          ? cg::this_cluster().map_shared_rank(tile, q)
+                                       : tile;
+    constexpr int R = EPI ? WIDE_BM / 2 : WIDE_BM; /* outputs a column of the tile */
+    const int cols = min(n, WIDE_COLS);
+    float *__restrict__ y = sg.y;
+    const float *__restrict__ scales = sg.scales;
+    for (int it = rank * WIDE_THREADS + tid; it < cols * R; it += ranks * WIDE_THREADS) {
+        int col = it / R, r = it % R;
+        if (EPI) {
+            int lm = r / 8, rr = r % 8, o = 8 * (mt0 + lm) + rr;
+            if (o >= half) continue;
+            int off = col * tstr + lm * 16 + rr;
+            float gate = 0.f, up = 0.f;
+#pragma unroll
+            for (int q = 0; q < WIDE_MAX_CLUSTER; q++)
+                if (q < ranks) {
+                    gate += part[q][off];
+                    up += part[q][off + 8];
+                }
+            if (FMT == ENG_W_I8) {
+                gate *= scales[o];
+                up *= scales[half + o];
+            }
+            y[(size_t)col * half + o] = gate / (1.f + __expf(-gate)) * up;
+        } else {
+            int row = 16 * mt0 + r;
+            if (row >= out) continue;
+            float v = 0.f;
+#pragma unroll
+            for (int q = 0; q < WIDE_MAX_CLUSTER; q++)
+                if (q < ranks) v += part[q][col * tstr + r];
+            if (FMT == ENG_W_I8) v *= scales[row];
+            float *dst = y + (size_t)col * out + row;
+            if (ACC)
+                *dst += v;
+            else
+                *dst = v;
+        }
+    }
+    if (ranks > 1) cg::this_cluster().sync(); /* keep this tile alive until every rank read it */
+}
+
+/* ---- wgmma variant (k_wide_wg): one warpgroup a 64-row half of the tile ----
+ *
+ * wgmma.mma_async m64n128k16 takes A (64 weight rows x 16 k) from registers, in mma.sync's A
+ * layout per warp (warp w of the group: rows 16w..16w+15), and B (16 k x 128 columns of x) from
+ * shared memory through a matrix descriptor, so no B fragments are loaded per mma. The
+ * accumulator is the m16n8 C layout repeated over 16 n-tiles: d[4j + e] is k_wide's acc[j][e].
+ * A is dequantized exactly as in k_mma (lane t owns 16 contiguous weight bytes of a k-step), so
+ * the hardware's logical k must meet the same physical k: x is staged permuted (wg_phys), in the
+ * no-swizzle K-major layout: 8 x 8 core matrices of 128 bytes, core (column group cg, k group
+ * kc) of a 128-input stage at (cg * 16 + kc) * 128 bytes (LBO, along k: 128 bytes; SBO, along
+ * the columns: 2048). */
+
+/* Physical k (within a k-step of KW inputs) behind logical k l of the wgmmas: slice i = l / 16,
+ * k-in-slice kk = 2t + e (+ 8 for the second register pair, hi) of lane t. */
+template <int FMT> __device__ __forceinline__ int wg_phys(int l) {
+    constexpr int V = mma_fmt<FMT>::V;
+    int i = l / 16, kk = l % 16, hi = kk >= 8, t = (kk % 8) / 2, e = kk % 2;
+    if (FMT == ENG_W_I4) {
+        int p = 2 * i + hi;
+        return V * t + 8 * (p / 4) + 4 * e + p % 4;
+    }
+    return V * t + 4 * i + 2 * hi + e;
+}
+
+/* xb[stage][core (cg, kc)][column % 8][k % 8] = pre(x)[column][physical k of logical k] as bf16,
+ * 128 columns (WIDE_COLS) a stage; columns past n are left as they are (their outputs are never
+ * stored). A block covers 8 columns (one core-matrix row group, so a warp's stores fill whole
+ * 128-byte lines) and WG_PREP_K inputs: blockIdx = (column group, k chunk). */
+#define WG_PREP_K 256
+template <int FMT, int PRE>
+__global__ void __launch_bounds__(256)
+k_wide_prep_wg(__nv_bfloat16 *__restrict__ xb, const float *__restrict__ x,
+               const float *__restrict__ norm, float eps, int n, int in) {
+    constexpr int KW = 4 * mma_fmt<FMT>::V;
+    __shared__ float s_r[8];
+    const int cg = (int)blockIdx.x, col0 = 8 * cg, tid = (int)threadIdx.x;
+    const size_t xrow = PRE == ENG_PRE_SILU_MUL ? 2 * (size_t)in : (size_t)in;
+    pdl_trigger();
+    pdl_wait();
+    if (PRE == ENG_PRE_RMSNORM) { /* warp w: 1/rms of column col0 + w, over the whole row */
+        int w = tid / 32, col = col0 + w;
+        float ss = 0.f;
+        if (col < n)
+            for (int k = (tid % 32) * 8; k < in; k += 32 * 8) {
+                float v[8];
+                load8(x + col * xrow + k, v);
+#pragma unroll
+                for (int j = 0; j < 8; j++) ss = fmaf(v[j], v[j], ss);
+            }
+        ss = warp_sum(ss);
+        if (tid % 32 == 0) s_r[w] = rsqrtf(ss / (float)in + eps);
+        __syncthreads();
+    }
+    /* Unit u: 8 logical inputs (one 16-byte core-matrix row) of column col0 + u % 8. */
+    for (int u = tid; u < 8 * (WG_PREP_K / 8); u += 256) {
+        int cc = u % 8, col = col0 + cc, l0 = (int)blockIdx.y * WG_PREP_K + (u / 8) * 8;
+        if (col >= n || l0 >= in) continue;
+        const float *xr = x + col * xrow;
+        float v[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            int k = l0 - l0 % KW + wg_phys<FMT>((l0 + j) % KW);
+            float a = __ldg(xr + k);
+            if (PRE == ENG_PRE_SILU_MUL)
+                a = a / (1.f + __expf(-a)) * __ldg(xr + in + k);
+            else if (PRE == ENG_PRE_RMSNORM)
+                a *= s_r[cc] * __ldg(norm + k);
+            v[j] = a;
+        }
+        size_t core = ((size_t)(l0 / WIDE_KS) * (WIDE_COLS / 8) + cg) * (WIDE_KS / 8) +
+                      (l0 % WIDE_KS) / 8;
+        *(uint4 *)(xb + core * 64 + cc * 8) = make_uint4(
+            pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]), pack_bf16(v[4], v[5]),
+            pack_bf16(v[6], v[7]));
+    }
+}
+
+/* Shared-memory matrix descriptor, no swizzle: start, LBO and SBO in bytes (16-byte units). */
+__device__ __forceinline__ uint64_t wg_desc(const void *smem_ptr, uint32_t lbo, uint32_t sbo) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(smem_ptr);
+    return (uint64_t)((a & 0x3FFFFu) >> 4) | ((uint64_t)(lbo >> 4) << 16) |
+           ((uint64_t)(sbo >> 4) << 32);
+}
+__device__ __forceinline__ void wg_fence() {
+    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void wg_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
+template <int N> __device__ __forceinline__ void wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
+}
+/* d (64 x 128 f32 of the warpgroup, 64 a lane) += A (registers a0..a3) . B (descriptor). */
+__device__ __forceinline__ void wg_mma(float *d, uint32_t a0, uint32_t a1, uint32_t a2,
+                                       uint32_t a3, uint64_t desc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "{%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+          "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+          "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+          "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
+          "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+          "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(1));
 }
 
 /* The tile GEMM described above, for each segment of segs: xb [n, in] bf16 from k_wide_prep;
@@ -330,56 +498,146 @@ k_wide(const lin_segs segs, const __nv_bfloat16 *__restrict__ xb, int n, int in,
                 int col = (wn * NTW + j) * 8 + 2 * t + (e & 1);
                 tile[col * C::TSTR + lr] = acc[mt][j][e];
             }
-    namespace cg = cooperative_groups;
-    const int ranks = (int)gridDim.y, rank = (int)blockIdx.y;
-    if (ranks > 1)
-        cg::this_cluster().sync();
-    else
-        __syncthreads();
-    const float *part[WIDE_MAX_CLUSTER];
-#pragma unroll
-    for (int q = 0; q < WIDE_MAX_CLUSTER; q++)
-        part[q] = q == 0 && ranks == 1 ? tile
-                  : q < ranks          ? cg::this_cluster().map_shared_rank(tile, q)
-                                       : tile;
-    constexpr int R = EPI ? WIDE_BM / 2 : WIDE_BM; /* outputs a column of the tile */
-    const int cols = min(n, WIDE_COLS);
-    float *__restrict__ y = sg.y;
-    const float *__restrict__ scales = sg.scales;
-    for (int it = rank * WIDE_THREADS + tid; it < cols * R; it += ranks * WIDE_THREADS) {
-        int col = it / R, r = it % R;
+    wide_finish<FMT, ACC, EPI, WIDE_THREADS>(sg, tile, C::TSTR, n, mt0);
+}
+
+/* k_wide with wgmma: the same block tile (128 weight rows x 128 columns), rings, L2 prefetch,
+ * cluster split and finish; 8 warps as two warpgroups, warpgroup q owning tile rows 64q.. (warp
+ * w: m-tile w), every warp all 128 columns. x comes from k_wide_prep_wg (xb [stages][32 KB]).
+ * A stage's wgmmas run while the next stage's copies land and are waited for before the next
+ * barrier, which is what lets the ring slots be refilled as in k_wide. int8 and bf16 weights
+ * (int4 group scales would need a partial accumulator a group). */
+template <int FMT, int ACC, int EPI>
+__global__ void __launch_bounds__(256, 1)
+k_wide_wg(const lin_segs segs, const __nv_bfloat16 *__restrict__ xb, int n, int in,
+          int steps_per_block) {
+    using C = wide_cfg<FMT>;
+    constexpr int PAIRS = C::PAIRS, WIDE_THREADS = 256;
+    constexpr int XSTAGE = WIDE_COLS * WIDE_KS * 2; /* bytes of x a stage */
+    static_assert(XSTAGE <= C::X_BYTES, "the x slot holds a stage");
+    static_assert(FMT != ENG_W_I4, "no group scales");
+    extern __shared__ __align__(128) unsigned char smem[];
+    int blk = (int)blockIdx.x;
+    const lin_seg sg = seg_of(segs, blk);
+    const int out = sg.out, half = out / 2;
+    const int tid = (int)threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    const int mt0 = blk * (WIDE_BM / 16);
+    const int stages = in / WIDE_KS, s_begin = (int)blockIdx.y * steps_per_block;
+    const int nst = min(stages, s_begin + steps_per_block) - s_begin;
+    const size_t row_chunks = (size_t)(in / C::V);
+
+    auto wrow = [&](int lr) -> int {
+        int mt = mt0 + lr / 16, rr = lr % 16;
         if (EPI) {
-            int lm = r / 8, rr = r % 8, o = 8 * (mt0 + lm) + rr;
-            if (o >= half) continue;
-            int off = col * C::TSTR + lm * 16 + rr;
-            float gate = 0.f, up = 0.f;
-#pragma unroll
-            for (int q = 0; q < WIDE_MAX_CLUSTER; q++)
-                if (q < ranks) {
-                    gate += part[q][off];
-                    up += part[q][off + 8];
-                }
-            if (FMT == ENG_W_I8) {
-                gate *= scales[o];
-                up *= scales[half + o];
-            }
-            y[(size_t)col * half + o] = gate / (1.f + __expf(-gate)) * up;
-        } else {
-            int row = 16 * mt0 + r;
-            if (row >= out) continue;
-            float v = 0.f;
-#pragma unroll
-            for (int q = 0; q < WIDE_MAX_CLUSTER; q++)
-                if (q < ranks) v += part[q][col * C::TSTR + r];
-            if (FMT == ENG_W_I8) v *= scales[row];
-            float *dst = y + (size_t)col * out + row;
-            if (ACC)
-                *dst += v;
-            else
-                *dst = v;
+            int o = 8 * mt + (rr & 7);
+            return o < half ? (rr < 8 ? o : half + o) : -1;
         }
+        int r = 16 * mt + rr;
+        return r < out ? r : -1;
+    };
+    constexpr int WPT = WIDE_BM * C::WCH / WIDE_THREADS;
+    constexpr int XPT = XSTAGE / 16 / WIDE_THREADS;
+    const uint4 *wsrc[WPT];
+    uint32_t wdst[WPT];
+    uint32_t wok = 0;
+#pragma unroll
+    for (int i = 0; i < WPT; i++) {
+        int c = tid + WIDE_THREADS * i, r = wrow(c / C::WCH);
+        wok |= (uint32_t)(r >= 0) << i;
+        wsrc[i] = sg.w + (size_t)(r >= 0 ? r : 0) * row_chunks + c % C::WCH;
+        wdst[i] = (uint32_t)((c / C::WCH) * C::WSTR + (c % C::WCH) * 16);
     }
-    if (ranks > 1) cg::this_cluster().sync(); /* keep this tile alive until every rank read it */
+    unsigned char *const xring = smem + C::DW * C::W_BYTES;
+    auto load_stage = [&](int s_w, int s_x) {
+        if (s_w >= 0) {
+            unsigned char *st = smem + (s_w % C::DW) * C::W_BYTES;
+            size_t off = (size_t)(s_begin + s_w) * C::WCH;
+#pragma unroll
+            for (int i = 0; i < WPT; i++) cp_async16(st + wdst[i], wsrc[i] + off, (wok >> i) & 1);
+        }
+        if (s_x >= 0) {
+            unsigned char *st = xring + (s_x % C::DX) * C::X_BYTES;
+            const uint4 *src = (const uint4 *)(xb + (size_t)(s_begin + s_x) * (XSTAGE / 2));
+#pragma unroll
+            for (int i = 0; i < XPT; i++)
+                cp_async16(st + 16 * (tid + WIDE_THREADS * i), src + tid + WIDE_THREADS * i, true);
+        }
+    };
+
+    float d[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) d[i] = 0.f;
+
+    /* Stage i: this warp's m-tile (rows g and g + 8) dequantized a k-step at a time, each k-step's
+     * KW / 16 slices issued as wgmmas against the stage's x. */
+    auto compute = [&](int i) {
+        const unsigned char *st = smem + (i % C::DW) * C::W_BYTES;
+        const unsigned char *xs = xring + (i % C::DX) * C::X_BYTES;
+        uint32_t a[C::KS][2][PAIRS];
+#pragma unroll
+        for (int ks = 0; ks < C::KS; ks++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                mma_fmt<FMT>::dequant(
+                    *(const uint4 *)(st + (16 * warp + g + 8 * h) * C::WSTR + ks * 64 + t * 16),
+                    a[ks][h]);
+        wg_fence();
+#pragma unroll
+        for (int ks = 0; ks < C::KS; ks++)
+#pragma unroll
+            for (int sl = 0; sl < C::KW / 16; sl++) {
+                int kc = (ks * C::KW + 16 * sl) / 8; /* first core matrix along k */
+                wg_mma(d, a[ks][0][2 * sl], a[ks][1][2 * sl], a[ks][0][2 * sl + 1],
+                       a[ks][1][2 * sl + 1], wg_desc(xs + kc * 128, 128, (WIDE_KS / 8) * 128));
+            }
+        wg_commit();
+    };
+
+    const unsigned char *prow = NULL;
+    if (tid < WIDE_BM) {
+        int r = wrow(tid);
+        if (r >= 0) prow = (const unsigned char *)(sg.w + (size_t)r * row_chunks);
+    }
+    auto prefetch_stage = [&](int p) {
+        if (!prow || p >= nst) return;
+        const unsigned char *a = prow + (size_t)(s_begin + p) * C::WCH * 16;
+#pragma unroll
+        for (int l = 0; l < C::LINES; l++)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(a + 128 * l));
+    };
+    /* The ring protocol of k_wide. */
+    pdl_trigger();
+    for (int p = 0; p < C::PF; p++) prefetch_stage(p);
+    for (int p = 0; p < C::DW - 1; p++)
+        if (p < nst) load_stage(p, -1);
+    pdl_wait();
+    for (int p = 0; p < C::DW - 1; p++) {
+        if (p < C::DX - 1 && p < nst) load_stage(-1, p);
+        cp_async_commit();
+    }
+    for (int i = 0; i < nst; i++) {
+        cp_async_wait<C::DX - 2>();
+        wg_wait<0>(); /* stage i - 1's wgmmas (run while stage i landed) are done with its slots */
+        __syncthreads();
+        prefetch_stage(i + C::PF);
+        int nw = i + C::DW - 1, nx = i + C::DX - 1;
+        load_stage(nw < nst ? nw : -1, nx < nst ? nx : -1);
+        cp_async_commit();
+        compute(i);
+    }
+    cp_async_wait<0>();
+    wg_wait<0>();
+    __syncthreads();
+
+    float *tile = (float *)smem;
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int lr = 16 * warp + g + (e >= 2 ? 8 : 0), col = 8 * j + 2 * t + (e & 1);
+            tile[col * C::TSTR + lr] = d[4 * j + e];
+        }
+    wide_finish<FMT, ACC, EPI, WIDE_THREADS>(sg, tile, C::TSTR, n, mt0);
 }
 
 /* Fewest rows of x the wide kernel takes: 65 (64 and fewer stay with k_mma, whose int8/int4
@@ -399,11 +657,32 @@ static int wide_warps_n(void) {
     return wn;
 }
 
-/* Whether bf16 weights take k_wide too: no (cuBLAS streams them faster: weights-only step at
- * 128 rows 1.66 vs 3.3 ms), unless VOXQ_CUDA_WIDE_BF16=1 read once (A/B timing, tests). */
+/* Whether bf16 weights take the wide kernels too: no (cuBLAS streams them faster: weights-only
+ * step at 128 rows 1.66 ms against 3.3 with k_wide and 3.18 with k_wide_wg; decoder step at 64
+ * sequences 3.04 against 4.13 ms), unless VOXQ_CUDA_WIDE_BF16=1 read once (A/B timing, tests). */
 static int wide_bf16(void) {
     static int on = -1;
     if (on < 0) on = cuda_env_knob("VOXQ_CUDA_WIDE_BF16", 0, 0, 1) != 0;
+    return on;
+}
+
+/* Most blocks a wide product splits k over (one cluster): 6, or VOXQ_CUDA_WIDE_MAX_SPLIT read
+ * once (A/B timing). One block an SM leaves clusters of 8 badly placed: int8 at 64 sequences,
+ * H200, same call, 3.70 / 3.30 / 3.19 / 3.16 / 3.42 / 3.58 ms a step at 3 / 4 / 5 / 6 / 7 / 8. */
+#define WIDE_SPLIT_DEFAULT 6
+static int wide_max_split(void) {
+    static int m;
+    if (!m)
+        m = (int)cuda_env_knob("VOXQ_CUDA_WIDE_MAX_SPLIT", WIDE_SPLIT_DEFAULT, 1, WIDE_MAX_CLUSTER);
+    return m;
+}
+
+/* Whether int8 and bf16 weights take the wgmma kernel (k_wide_wg): yes, or
+ * VOXQ_CUDA_WIDE_WG=0 read once (A/B timing, tests; int8 at 64 sequences, H200, same call,
+ * clusters of 8: 3.61 vs 4.13 ms a step). int4 stays on k_wide. */
+static int wide_wg(void) {
+    static int on = -1;
+    if (on < 0) on = cuda_env_knob("VOXQ_CUDA_WIDE_WG", 1, 0, 1) != 0;
     return on;
 }
 
@@ -434,24 +713,15 @@ template <int FMT, int ACC, int EPI, int WN>
 static cudaError_t launch_wide_k(const lin_set *set, const __nv_bfloat16 *xb, int n, int sms,
                                  cudaStream_t st) {
     using C = wide_cfg<FMT>;
-    /* The shared-memory opt-in is per device: once for each of the first 32 devices the
-     * process uses, every launch past them (not a stream operation, so allowed in capture). */
     static unsigned smem_set;
-    int dev = 0;
-    cudaError_t e = cudaGetDevice(&dev);
+    cudaError_t e = smem_optin(k_wide<FMT, ACC, EPI, WN>, C::SMEM, &smem_set);
     if (e != cudaSuccess) return e;
-    if (dev >= 32 || !((__atomic_load_n(&smem_set, __ATOMIC_RELAXED) >> dev) & 1u)) {
-        e = cudaFuncSetAttribute(k_wide<FMT, ACC, EPI, WN>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, C::SMEM);
-        if (e != cudaSuccess) return e;
-        if (dev < 32) __atomic_fetch_or(&smem_set, 1u << dev, __ATOMIC_RELAXED);
-    }
     const eng_weight *w = set->w[0];
     int64_t mblocks;
     lin_segs segs = make_segs(set, EPI, EPI ? 8 : 16, WIDE_BM / 16, &mblocks);
     /* One block an SM: small matrices split k over a cluster. */
     int steps = (int)(w->in / WIDE_KS); /* stages of k */
-    int per, split = split_k(sms, mblocks, WIDE_MAX_CLUSTER, steps, &per);
+    int per, split = split_k(sms, mblocks, wide_max_split(), steps, &per);
     cudaLaunchAttribute attr[2];
     cudaLaunchConfig_t cfg = pdl_cluster_config(dim3((unsigned)mblocks, (unsigned)split),
                                                 dim3(4 * WN * 32), C::SMEM, st, attr, split);
@@ -459,10 +729,50 @@ static cudaError_t launch_wide_k(const lin_set *set, const __nv_bfloat16 *xb, in
                               per);
 }
 
+template <int FMT, int PRE>
+static cudaError_t launch_prep_wg(__nv_bfloat16 *xb, const float *x, int n, const float *norm,
+                                  float eps, int in, cudaStream_t st) {
+    cudaLaunchAttribute attr[2];
+    dim3 grid((unsigned)((n + 7) / 8), (unsigned)((in + WG_PREP_K - 1) / WG_PREP_K));
+    cudaLaunchConfig_t cfg = pdl_cluster_config(grid, dim3(256), 0, st, attr, 1);
+    return cudaLaunchKernelEx(&cfg, k_wide_prep_wg<FMT, PRE>, xb, x, norm, eps, n, in);
+}
+
+template <int FMT, int ACC, int EPI>
+static cudaError_t launch_wide_wg(const lin_set *set, __nv_bfloat16 *xb, const float *x, int n,
+                                  int pre, const float *norm, float eps, int sms,
+                                  cudaStream_t st) {
+    using C = wide_cfg<FMT>;
+    int in = (int)set->w[0]->in;
+    cudaError_t e = pre == ENG_PRE_RMSNORM
+                        ? launch_prep_wg<FMT, ENG_PRE_RMSNORM>(xb, x, n, norm, eps, in, st)
+                    : pre == ENG_PRE_SILU_MUL
+                        ? launch_prep_wg<FMT, ENG_PRE_SILU_MUL>(xb, x, n, norm, eps, in, st)
+                        : launch_prep_wg<FMT, ENG_PRE_NONE>(xb, x, n, norm, eps, in, st);
+    if (e != cudaSuccess) return e;
+    static unsigned smem_set;
+    e = smem_optin(k_wide_wg<FMT, ACC, EPI>, C::SMEM, &smem_set);
+    if (e != cudaSuccess) return e;
+    int64_t mblocks;
+    lin_segs segs = make_segs(set, EPI, EPI ? 8 : 16, WIDE_BM / 16, &mblocks);
+    int per, split = split_k(sms, mblocks, wide_max_split(), in / WIDE_KS, &per);
+    cudaLaunchAttribute attr[2];
+    cudaLaunchConfig_t cfg = pdl_cluster_config(dim3((unsigned)mblocks, (unsigned)split),
+                                                dim3(256), C::SMEM, st, attr, split);
+    return cudaLaunchKernelEx(&cfg, k_wide_wg<FMT, ACC, EPI>, segs, xb, n, in, per);
+}
+
 template <int FMT>
 static cudaError_t launch_wide_fmt(const lin_set *set, __nv_bfloat16 *xb, const float *x, int n,
                                    int pre, int acc, int post, const float *norm, float eps,
                                    int sms, cudaStream_t st) {
+    if (FMT != ENG_W_I4 && wide_wg()) {
+        constexpr int F = FMT == ENG_W_I4 ? ENG_W_I8 : FMT; /* no int4 instantiation */
+        if (post == ENG_POST_SILU_MUL)
+            return launch_wide_wg<F, 0, 1>(set, xb, x, n, pre, norm, eps, sms, st);
+        return acc ? launch_wide_wg<F, 1, 0>(set, xb, x, n, pre, norm, eps, sms, st)
+                   : launch_wide_wg<F, 0, 0>(set, xb, x, n, pre, norm, eps, sms, st);
+    }
     cudaError_t e = launch_prep<FMT>(xb, x, n, (int)set->w[0]->in, pre, norm, eps, st);
     if (e != cudaSuccess) return e;
     if (wide_warps_n() == 2) {
@@ -480,7 +790,8 @@ int cuda_linear_wide(eng_backend *be, const lin_set *set, const float *x, int64_
     cuda_impl *c = cuda_of(be);
     const eng_weight *w = set->w[0];
     void *scratch = NULL;
-    int rc = cuda_scratch(be, (size_t)n * (size_t)w->in * 2, &scratch);
+    /* x as bf16: n rows (k_wide), or all WIDE_COLS columns of every stage (k_wide_wg) */
+    int rc = cuda_scratch(be, (size_t)WIDE_COLS * (size_t)w->in * 2, &scratch);
     if (rc) return rc;
     __nv_bfloat16 *xb = (__nv_bfloat16 *)scratch;
     cudaError_t e;

@@ -47,6 +47,33 @@ __device__ __forceinline__ lin_seg seg_of(const lin_segs &segs, int &blk) {
     return sg;
 }
 
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(dst);
+    int bytes = valid ? 16 : 0; /* 0: the 16 bytes are zero-filled, nothing is read */
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(src), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+/* Lets kernel k use `bytes` of dynamic shared memory. The opt-in is per device: once for each of
+ * the first 32 devices the process uses (bit d of *done), every launch past them (not a stream
+ * operation, so allowed in capture). */
+template <typename K>
+static inline cudaError_t smem_optin(K *k, int bytes, unsigned *done) {
+    int dev = 0;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e != cudaSuccess) return e;
+    if (dev < 32 && ((__atomic_load_n(done, __ATOMIC_RELAXED) >> dev) & 1u)) return cudaSuccess;
+    e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (e == cudaSuccess && dev < 32) __atomic_fetch_or(done, 1u << dev, __ATOMIC_RELAXED);
+    return e;
+}
+
 /* One 16-byte weight load as PAIRS = V / 2 bf16x2 registers, in the pair order the k
  * permutation above k_mma (cuda_linear.cu) describes; PAD: bf16 added to a staged column of x so
  * a quarter warp's B reads fall in different banks. */
