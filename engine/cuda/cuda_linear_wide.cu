@@ -302,6 +302,94 @@ __device__ __forceinline__ void wg_mma(float *d, uint32_t a0, uint32_t a1, uint3
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(1));
 }
 
+/* The weight side of a wide block, shared by k_wide and k_wide_wg: the matrix row behind each
+ * local row of the tile (-1 past the matrix), this thread's cp.async copies of a stage's weights
+ * (addresses fixed up front, the loop only adds the stage: copy c = tid + THREADS * i is chunk
+ * c % WCH of local row c / WCH, rows past the matrix zero-filled; offsets in shared memory from
+ * the slot), and the L2 prefetch of a stage (thread tid < WIDE_BM takes local row tid). */
+template <int FMT, int EPI, int THREADS> struct wide_wside {
+    using C = wide_cfg<FMT>;
+    static constexpr int WPT = WIDE_BM * C::WCH / THREADS;
+    int out, mt0;
+    const uint4 *src[WPT];
+    uint32_t dst[WPT], ok; /* ok bit i: copy i reads memory */
+    const unsigned char *prow;
+    __device__ __forceinline__ wide_wside(const lin_seg &sg, int mt0_, size_t row_chunks, int tid)
+        : out(sg.out), mt0(mt0_), ok(0), prow(NULL) {
+#pragma unroll
+        for (int i = 0; i < WPT; i++) {
+            int c = tid + THREADS * i, r = row(c / C::WCH);
+            ok |= (uint32_t)(r >= 0) << i;
+            src[i] = sg.w + (size_t)(r >= 0 ? r : 0) * row_chunks + c % C::WCH;
+            dst[i] = (uint32_t)((c / C::WCH) * C::WSTR + (c % C::WCH) * 16);
+        }
+        if (tid < WIDE_BM) {
+            int r = row(tid);
+            if (r >= 0) prow = (const unsigned char *)(sg.w + (size_t)r * row_chunks);
+        }
+    }
+    __device__ __forceinline__ int row(int lr) const {
+        int mt = mt0 + lr / 16, rr = lr % 16, half = out / 2;
+        if (EPI) {
+            int o = 8 * mt + (rr & 7);
+            return o < half ? (rr < 8 ? o : half + o) : -1;
+        }
+        int r = 16 * mt + rr;
+        return r < out ? r : -1;
+    }
+    /* Matrix stage `stage` (in units of WIDE_KS inputs) into a weight slot. */
+    __device__ __forceinline__ void copy(unsigned char *slot, int stage) const {
+        size_t off = (size_t)stage * C::WCH;
+#pragma unroll
+        for (int i = 0; i < WPT; i++) cp_async16(slot + dst[i], src[i] + off, (ok >> i) & 1);
+    }
+    __device__ __forceinline__ void prefetch(int stage) const {
+        if (!prow) return;
+        const unsigned char *a = prow + (size_t)stage * C::WCH * 16;
+#pragma unroll
+        for (int l = 0; l < C::LINES; l++)
+            asm volatile("prefetch.global.L2 [%0];" ::"l"(a + 128 * l));
+    }
+};
+
+/* The ring protocol of both wide kernels over nst local stages (DW >= DX): prologue commit
+ * group p holds the x of stage p (p < DX - 1), group 0 also every prologue weight stage (p <
+ * DW - 1); iteration i commits the weights of stage i + DW - 1 and the x of stage i + DX - 1.
+ * The x of stage i is then the later of its two groups, and DX - 2 groups may still be pending
+ * when it has landed, so one wait_group(DX - 2) at the top of iteration i covers both. Slots
+ * refilled in iteration i were consumed in i - 1, which the barrier after the wait orders
+ * (before_barrier: what else must be finished with them, e.g. asynchronous mmas). The weights do
+ * not depend on the kernel before: the prologue's weight copies and prefetches start before
+ * waiting for it. load(s_w, s_x): copies of stage s_w's weights and stage s_x's x (-1: none);
+ * prefetch(p): stage p into L2; compute(i): the mmas of stage i. */
+template <class C, class Prefetch, class Load, class Compute, class Before>
+__device__ __forceinline__ void wide_ring(int nst, Prefetch prefetch, Load load, Compute compute,
+                                          Before before_barrier) {
+    pdl_trigger();
+    for (int p = 0; p < C::PF; p++)
+        if (p < nst) prefetch(p);
+    for (int p = 0; p < C::DW - 1; p++)
+        if (p < nst) load(p, -1);
+    pdl_wait();
+    for (int p = 0; p < C::DW - 1; p++) {
+        if (p < C::DX - 1 && p < nst) load(-1, p);
+        cp_async_commit();
+    }
+    for (int i = 0; i < nst; i++) {
+        cp_async_wait<C::DX - 2>();
+        before_barrier();
+        __syncthreads();
+        if (i + C::PF < nst) prefetch(i + C::PF);
+        int nw = i + C::DW - 1, nx = i + C::DX - 1;
+        load(nw < nst ? nw : -1, nx < nst ? nx : -1);
+        cp_async_commit();
+        compute(i);
+    }
+    cp_async_wait<0>();
+    before_barrier();
+    __syncthreads();
+}
+
 /* The tile GEMM described above, for each segment of segs: xb [n, in] bf16 from k_wide_prep;
  * steps_per_block k-steps for each rank (blockIdx.y) of a cluster of gridDim.y blocks. */
 /* WN: warps along x (2: 8 warps, 8 n-tiles a warp, 64 accumulators a lane; 4: 16 warps, 4
@@ -316,7 +404,6 @@ k_wide(const lin_segs segs, const __nv_bfloat16 *__restrict__ xb, int n, int in,
     extern __shared__ __align__(16) unsigned char smem[];
     int blk = (int)blockIdx.x;
     const lin_seg sg = seg_of(segs, blk);
-    const int out = sg.out, half = out / 2;
     const int tid = (int)threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
     constexpr int WIDE_THREADS = 4 * WN * 32, NTW = 16 / WN; /* n-tiles a warp */
     const int wm = warp % 4, wn = warp / 4;
@@ -325,32 +412,12 @@ k_wide(const lin_segs segs, const __nv_bfloat16 *__restrict__ xb, int n, int in,
     const int nst = min(stages, s_begin + steps_per_block) - s_begin;
     const size_t row_chunks = (size_t)(in / V); /* 16-byte chunks a weight row */
 
-    /* The weight row behind local row lr of the tile, or -1 past the matrix. */
-    auto wrow = [&](int lr) -> int {
-        int mt = mt0 + lr / 16, rr = lr % 16;
-        if (EPI) {
-            int o = 8 * mt + (rr & 7);
-            return o < half ? (rr < 8 ? o : half + o) : -1;
-        }
-        int r = 16 * mt + rr;
-        return r < out ? r : -1;
-    };
-    /* This thread's copies of every stage, addresses fixed up front (the loop only adds the
-     * stage): WPT weight copies, copy c = tid + WIDE_THREADS * i being chunk c % WCH of local
-     * row c / WCH (rows past the matrix are zero-filled); XPT copies of x, chunk c % XCH of
-     * column c / XCH (columns past n zero-filled). Offsets in shared memory are from the slot. */
-    constexpr int WPT = WIDE_BM * C::WCH / WIDE_THREADS;
+    const wide_wside<FMT, EPI, WIDE_THREADS> ws(sg, mt0, row_chunks, tid);
+    /* This thread's XPT copies of x a stage (addresses fixed up front): chunk c % XCH of column
+     * c / XCH for c = tid + WIDE_THREADS * i (columns past n zero-filled). */
     constexpr int XPT = WIDE_COLS * C::XCH / WIDE_THREADS;
-    const uint4 *wsrc[WPT];
-    uint32_t wdst[WPT], xsrc[XPT], xdst[XPT];
-    uint32_t wok = 0, xok = 0; /* bit i: copy i reads memory */
-#pragma unroll
-    for (int i = 0; i < WPT; i++) {
-        int c = tid + WIDE_THREADS * i, r = wrow(c / C::WCH);
-        wok |= (uint32_t)(r >= 0) << i;
-        wsrc[i] = sg.w + (size_t)(r >= 0 ? r : 0) * row_chunks + c % C::WCH;
-        wdst[i] = (uint32_t)((c / C::WCH) * C::WSTR + (c % C::WCH) * 16);
-    }
+    uint32_t xsrc[XPT], xdst[XPT];
+    uint32_t xok = 0; /* bit i: copy i reads memory */
 #pragma unroll
     for (int i = 0; i < XPT; i++) {
         int c = tid + WIDE_THREADS * i, col = c / C::XCH, part = c % C::XCH;
@@ -362,12 +429,7 @@ k_wide(const lin_segs segs, const __nv_bfloat16 *__restrict__ xb, int n, int in,
     /* Copies of stage s_w's weights and stage s_x's x (local indices; -1: none) into their slots
      * of the two rings. */
     auto load_stage = [&](int s_w, int s_x) {
-        if (s_w >= 0) {
-            unsigned char *st = smem + (s_w % C::DW) * C::W_BYTES;
-            size_t off = (size_t)(s_begin + s_w) * C::WCH;
-#pragma unroll
-            for (int i = 0; i < WPT; i++) cp_async16(st + wdst[i], wsrc[i] + off, (wok >> i) & 1);
-        }
+        if (s_w >= 0) ws.copy(smem + (s_w % C::DW) * C::W_BYTES, s_begin + s_w);
         if (s_x >= 0) {
             unsigned char *st = xring + (s_x % C::DX) * C::X_BYTES;
             const __nv_bfloat16 *src = xb + (size_t)(s_begin + s_x) * WIDE_KS;
@@ -382,7 +444,7 @@ k_wide(const lin_segs segs, const __nv_bfloat16 *__restrict__ xb, int n, int in,
     for (int mt = 0; mt < 2; mt++)
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            int r = wrow((2 * wm + mt) * 16 + g + 8 * h);
+            int r = ws.row((2 * wm + mt) * 16 + g + 8 * h);
             srow[mt][h] = FMT == ENG_W_I4 && r >= 0 ? sg.scales + (size_t)r * ngroups : NULL;
         }
 
@@ -443,48 +505,13 @@ k_wide(const lin_segs segs, const __nv_bfloat16 *__restrict__ xb, int n, int in,
         }
     };
 
-    /* Ring protocol (DW >= DX): prologue commit group p holds the x of stage p (p < DX - 1),
-     * group 0 also every prologue weight stage (p < DW - 1); loop iteration i commits the weights
-     * of stage i + DW - 1 and the x of stage i + DX - 1. The x of stage i is then the later of
-     * its two groups, and
-     * DX - 2 groups may still be pending when it has landed, so one wait_group(DX - 2) at the
-     * top of iteration i covers both. Slots refilled in iteration i were consumed in i - 1,
-     * which the barrier after the wait orders. The weights do not depend on the kernel before:
-     * the prologue's weight copies start before waiting for it. */
-    /* L2 prefetch of stage p's weights: thread tid < WIDE_BM takes local row tid. */
-    const unsigned char *prow = NULL;
-    if (tid < WIDE_BM) {
-        int r = wrow(tid);
-        if (r >= 0) prow = (const unsigned char *)(sg.w + (size_t)r * row_chunks);
-    }
-    auto prefetch_stage = [&](int p) {
-        if (!prow || p >= nst) return;
-        const unsigned char *a = prow + (size_t)(s_begin + p) * C::WCH * 16;
+    wide_ring<C>(
+        nst, [&](int p) { ws.prefetch(s_begin + p); }, load_stage,
+        [&](int i) {
 #pragma unroll
-        for (int l = 0; l < C::LINES; l++)
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(a + 128 * l));
-    };
-    pdl_trigger();
-    for (int p = 0; p < C::PF; p++) prefetch_stage(p);
-    for (int p = 0; p < C::DW - 1; p++)
-        if (p < nst) load_stage(p, -1);
-    pdl_wait();
-    for (int p = 0; p < C::DW - 1; p++) {
-        if (p < C::DX - 1 && p < nst) load_stage(-1, p);
-        cp_async_commit();
-    }
-    for (int i = 0; i < nst; i++) {
-        cp_async_wait<C::DX - 2>();
-        __syncthreads();
-        prefetch_stage(i + C::PF);
-        int nw = i + C::DW - 1, nx = i + C::DX - 1;
-        load_stage(nw < nst ? nw : -1, nx < nst ? nx : -1);
-        cp_async_commit();
-#pragma unroll
-        for (int ks = 0; ks < C::KS; ks++) compute(i, ks);
-    }
-    cp_async_wait<0>();
-    __syncthreads();
+            for (int ks = 0; ks < C::KS; ks++) compute(i, ks);
+        },
+        [] {});
 
     /* The block's partial tile, [column][local row], in the ring's memory. */
     float *tile = (float *)smem;
@@ -519,42 +546,17 @@ k_wide_wg(const lin_segs segs, const __nv_bfloat16 *__restrict__ xb, int n, int 
     extern __shared__ __align__(128) unsigned char smem[];
     int blk = (int)blockIdx.x;
     const lin_seg sg = seg_of(segs, blk);
-    const int out = sg.out, half = out / 2;
     const int tid = (int)threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
     const int mt0 = blk * (WIDE_BM / 16);
     const int stages = in / WIDE_KS, s_begin = (int)blockIdx.y * steps_per_block;
     const int nst = min(stages, s_begin + steps_per_block) - s_begin;
     const size_t row_chunks = (size_t)(in / C::V);
 
-    auto wrow = [&](int lr) -> int {
-        int mt = mt0 + lr / 16, rr = lr % 16;
-        if (EPI) {
-            int o = 8 * mt + (rr & 7);
-            return o < half ? (rr < 8 ? o : half + o) : -1;
-        }
-        int r = 16 * mt + rr;
-        return r < out ? r : -1;
-    };
-    constexpr int WPT = WIDE_BM * C::WCH / WIDE_THREADS;
+    const wide_wside<FMT, EPI, WIDE_THREADS> ws(sg, mt0, row_chunks, tid);
     constexpr int XPT = XSTAGE / 16 / WIDE_THREADS;
-    const uint4 *wsrc[WPT];
-    uint32_t wdst[WPT];
-    uint32_t wok = 0;
-#pragma unroll
-    for (int i = 0; i < WPT; i++) {
-        int c = tid + WIDE_THREADS * i, r = wrow(c / C::WCH);
-        wok |= (uint32_t)(r >= 0) << i;
-        wsrc[i] = sg.w + (size_t)(r >= 0 ? r : 0) * row_chunks + c % C::WCH;
-        wdst[i] = (uint32_t)((c / C::WCH) * C::WSTR + (c % C::WCH) * 16);
-    }
     unsigned char *const xring = smem + C::DW * C::W_BYTES;
     auto load_stage = [&](int s_w, int s_x) {
-        if (s_w >= 0) {
-            unsigned char *st = smem + (s_w % C::DW) * C::W_BYTES;
-            size_t off = (size_t)(s_begin + s_w) * C::WCH;
-#pragma unroll
-            for (int i = 0; i < WPT; i++) cp_async16(st + wdst[i], wsrc[i] + off, (wok >> i) & 1);
-        }
+        if (s_w >= 0) ws.copy(smem + (s_w % C::DW) * C::W_BYTES, s_begin + s_w);
         if (s_x >= 0) {
             unsigned char *st = xring + (s_x % C::DX) * C::X_BYTES;
             const uint4 *src = (const uint4 *)(xb + (size_t)(s_begin + s_x) * (XSTAGE / 2));
@@ -593,41 +595,11 @@ k_wide_wg(const lin_segs segs, const __nv_bfloat16 *__restrict__ xb, int n, int 
         wg_commit();
     };
 
-    const unsigned char *prow = NULL;
-    if (tid < WIDE_BM) {
-        int r = wrow(tid);
-        if (r >= 0) prow = (const unsigned char *)(sg.w + (size_t)r * row_chunks);
-    }
-    auto prefetch_stage = [&](int p) {
-        if (!prow || p >= nst) return;
-        const unsigned char *a = prow + (size_t)(s_begin + p) * C::WCH * 16;
-#pragma unroll
-        for (int l = 0; l < C::LINES; l++)
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(a + 128 * l));
-    };
-    /* The ring protocol of k_wide. */
-    pdl_trigger();
-    for (int p = 0; p < C::PF; p++) prefetch_stage(p);
-    for (int p = 0; p < C::DW - 1; p++)
-        if (p < nst) load_stage(p, -1);
-    pdl_wait();
-    for (int p = 0; p < C::DW - 1; p++) {
-        if (p < C::DX - 1 && p < nst) load_stage(-1, p);
-        cp_async_commit();
-    }
-    for (int i = 0; i < nst; i++) {
-        cp_async_wait<C::DX - 2>();
-        wg_wait<0>(); /* stage i - 1's wgmmas (run while stage i landed) are done with its slots */
-        __syncthreads();
-        prefetch_stage(i + C::PF);
-        int nw = i + C::DW - 1, nx = i + C::DX - 1;
-        load_stage(nw < nst ? nw : -1, nx < nst ? nx : -1);
-        cp_async_commit();
-        compute(i);
-    }
-    cp_async_wait<0>();
-    wg_wait<0>();
-    __syncthreads();
+    /* A stage's wgmmas run while the next stage's copies land; they are done with its slots
+     * before the barrier that lets them be refilled. */
+    wide_ring<C>(
+        nst, [&](int p) { ws.prefetch(s_begin + p); }, load_stage, compute,
+        [] { wg_wait<0>(); });
 
     float *tile = (float *)smem;
 #pragma unroll
