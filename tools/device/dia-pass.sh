@@ -3,7 +3,9 @@
 # bf16/int8/int4 at 1/4/16/64 sequences), the peer baselines, and the full-size check against
 # transformers (engine on CPU with 16 threads, and on CUDA). Binaries from .devbuild/gpu
 # (tools/device/build-cuda.sh, then tools/device/stage.sh copies the binaries there).
-# Usage on the device: sh tools/device/dia-pass.sh [ops] [gemv] [steps] [profile] [tiny] [dac] [peers] [full] [quant]
+# Usage on the device: sh tools/device/dia-pass.sh [ops] [gemv] [steps] [ab] [profile] [tiny] [dac] [peers] [full] [quant]
+# ab: the steps of AB_FMTS (default int8) at AB_SEQS (default 1,64) with the defaults and again
+#     with the environment in AB (say AB="VOXQ_CUDA_WIDE_WG=0"), same binary, one line each.
 set -u
 cd "$(dirname "$0")/../.."
 G=.devbuild/gpu
@@ -29,6 +31,17 @@ for w in $what; do
                --device cuda > "$OUT/steps_$f.json" 2>"$OUT/steps_$f.err"; echo "steps $f rc=$?";
              cat "$OUT/steps_$f.json"; tail -3 "$OUT/steps_$f.err"
            done ;;
+    ab) for f in ${AB_FMTS:-int8}; do
+          for v in "" "${AB:-}"; do
+            # shellcheck disable=SC2086
+            env $v $G/voxq-bench steps --random-full --fmt $f --seqs "${AB_SEQS:-1,64}" --steps 64 \
+              --text-len 128 --device cuda 2>/dev/null | python3 -c "
+import json, sys
+d = json.load(sys.stdin)
+print('ab $f [${v:-defaults}]', [(r['seqs'], round(r['ms_per_step'], 3), round(r['realtime_x_total'], 1))
+                                 for r in d['results']])"
+          done
+        done ;;
     profile) for f in bf16 int8; do
              VOXQ_CUDA_PROFILE=1 $G/voxq-bench steps --random-full --fmt $f --seqs ${PROFILE_SEQS:-1,16} --steps 32 \
                --text-len 128 --device cuda > "$OUT/profile_$f.json" 2>"$OUT/profile_$f.err";
