@@ -8,11 +8,7 @@
 #     with the environment in AB (say AB="VOXQ_CUDA_WIDE_WG=0"), same binary, one line each.
 set -u
 cd "$(dirname "$0")/../.."
-G=.devbuild/gpu
-export LD_LIBRARY_PATH="$PWD/$G:${LD_LIBRARY_PATH:-}"
-for z in "$G"/*.gz; do [ -f "$z" ] && gunzip -f "$z" && chmod +x "${z%.gz}"; done
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+. tools/device/gpu-env.sh
 what=${*:-ops gemv steps peers full}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.mem --format=csv,noheader
 for w in $what; do

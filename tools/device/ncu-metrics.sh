@@ -7,11 +7,7 @@
 # Usage on the device: sh tools/device/ncu-metrics.sh [bf16|int8|int4] [seqs]
 set -u
 cd "$(dirname "$0")/../.."
-G=.devbuild/gpu
-export LD_LIBRARY_PATH="$PWD/$G:${LD_LIBRARY_PATH:-}"
-for z in "$G"/*.gz; do [ -f "$z" ] && gunzip -f "$z" && chmod +x "${z%.gz}"; done
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+. tools/device/gpu-env.sh
 fmt=${1:-int8}; seqs=${2:-1}
 st=smsp__average_warps_issue_stalled
 M=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum

@@ -8,10 +8,7 @@
 #   FROM (default 8), COUNT (default 400) from the environment
 set -u
 cd "$(dirname "$0")/../.."
-G=.devbuild/gpu
-export LD_LIBRARY_PATH="$PWD/$G:${LD_LIBRARY_PATH:-}"
-for z in "$G"/*.gz; do [ -f "$z" ] && gunzip -f "$z" && chmod +x "${z%.gz}"; done
-OUT=${OUT:-/tmp/out}
+. tools/device/gpu-env.sh
 fmt=${1:-bf16}; seqs=${2:-1}
 ctl=""; [ "${3:-}" = warm ] && ctl="--cache-control none --clock-control none"
 # shellcheck disable=SC2086
