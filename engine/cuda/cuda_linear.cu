@@ -389,33 +389,59 @@ __device__ __forceinline__ void mma_stage(__nv_bfloat16 *xs, float *s_ss, const 
     }
 }
 
+/* What the store of one lane's output pair needs from memory besides the sums: the int8 row
+ * scales of its two rows (lo = row g, or the gate row with the silu epilogue; hi = row g + 8, or
+ * the up row) and, with the residual add, the two old values of y at one column. Fetched ahead
+ * of the sums (scales: before the kernel waits for its predecessor; y: before the cluster
+ * barrier), so that they are not one more memory round trip at the kernel's tail. */
+struct mma_out {
+    float s_lo, s_hi, y_lo, y_hi;
+};
+template <int FMT, int EPI>
+__device__ __forceinline__ void mma_fetch_scales(mma_out &o, const float *__restrict__ scales,
+                                                 int mt, int g, int out) {
+    o.s_lo = o.s_hi = 1.f;
+    if (FMT != ENG_W_I8) return;
+    if (EPI) {
+        int half = out / 2, r = min(8 * mt + g, half - 1);
+        o.s_lo = scales[r];
+        o.s_hi = scales[half + r];
+    } else {
+        o.s_lo = scales[min(16 * mt + g, out - 1)];
+        o.s_hi = scales[min(16 * mt + g + 8, out - 1)];
+    }
+}
+template <int ACC, int EPI>
+__device__ __forceinline__ void mma_fetch_y(mma_out &o, const float *__restrict__ y, int mt,
+                                            int g, int col, int n, int out) {
+    o.y_lo = o.y_hi = 0.f;
+    if (!ACC || EPI || col >= n) return;
+    int r0 = 16 * mt + g, r1 = r0 + 8;
+    if (r0 < out) o.y_lo = y[(size_t)col * out + r0];
+    if (r1 < out) o.y_hi = y[(size_t)col * out + r1];
+}
+
 /* Stores one column of one lane's finished fragment: lo = row g (the gate row with the silu
  * epilogue), hi = row g + 8 (the up row) of m-tile mt, column col of y; r = 1/rms of the column
- * (1 without the norm). int8 row scales apply here. */
-template <int FMT, int ACC, int EPI>
-__device__ __forceinline__ void mma_store2(float *__restrict__ y, const float *__restrict__ scales,
-                                           float lo, float hi, int mt, int g, int col, int n,
-                                           int out, float r) {
+ * (1 without the norm); o from mma_fetch_scales and (residual add) mma_fetch_y of this column. */
+template <int ACC, int EPI>
+__device__ __forceinline__ void mma_store2(float *__restrict__ y, const mma_out &o, float lo,
+                                           float hi, int mt, int g, int col, int n, int out,
+                                           float r) {
     if (col >= n) return;
     if (EPI) {
-        int half = out / 2, o = 8 * mt + g;
-        if (o >= half) return;
-        float gate = lo * r * (FMT == ENG_W_I8 ? scales[o] : 1.f);
-        float up = hi * r * (FMT == ENG_W_I8 ? scales[half + o] : 1.f);
-        y[(size_t)col * half + o] = gate / (1.f + __expf(-gate)) * up;
+        int half = out / 2, q = 8 * mt + g;
+        if (q >= half) return;
+        float gate = lo * r * o.s_lo, up = hi * r * o.s_hi;
+        y[(size_t)col * half + q] = gate / (1.f + __expf(-gate)) * up;
         return;
     }
     int rows[2] = {16 * mt + g, 16 * mt + g + 8};
-    float c[2] = {lo, hi};
+    float c[2] = {lo * r * o.s_lo, hi * r * o.s_hi}, old[2] = {o.y_lo, o.y_hi};
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         if (rows[h] >= out) continue;
-        float v = c[h] * r * (FMT == ENG_W_I8 ? scales[rows[h]] : 1.f);
-        float *dst = y + (size_t)col * out + rows[h];
-        if (ACC)
-            *dst += v;
-        else
-            *dst = v;
+        y[(size_t)col * out + rows[h]] = ACC ? old[h] + c[h] : c[h];
     }
 }
 
@@ -543,14 +569,27 @@ k_mma(const lin_segs segs, const float *__restrict__ x, int n, int in, int group
     for (int i = (int)threadIdx.x; i < (8 * NT - n) * C::STRIDE / 8; i += C::THREADS)
         *(uint4 *)(xs + n * C::STRIDE + 8 * i) = make_uint4(0, 0, 0, 0);
     if ((int)threadIdx.x < NT * 8) s_ss[threadIdx.x] = 0.f;
+    /* Unsplit, a lane stores its own fragment: its row scales are weights (fetched before the
+     * wait), and with up to 2 n-tiles the residual values too (right after it). */
+    constexpr int YPRE = NT <= 2;
+    const int col0 = 2 * t; /* + 8j: this lane's first column in n-tile j */
+    mma_out so, yo[YPRE ? NT : 1][2];
+    if (gridDim.y == 1) mma_fetch_scales<FMT, EPI>(so, scales, mt, g, out);
     pdl_wait();
+    if (YPRE && gridDim.y == 1)
+#pragma unroll
+        for (int j = 0; j < (YPRE ? NT : 1); j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                yo[j][e] = so;
+                mma_fetch_y<ACC, EPI>(yo[j][e], y, mt, g, 8 * j + col0 + e, n, out);
+            }
 
     for (int s0 = s_begin; s0 < s_end; s0 += C::NBUF * U) {
         run_chunk(c0, s0);
         if (C::NBUF == 2 && s0 + U < s_end) run_chunk(c1, s0 + U);
     }
 
-    int col0 = 2 * t; /* + 8j: this lane's first column in n-tile j */
     if (gridDim.y == 1) {
 #pragma unroll
         for (int j = 0; j < NT; j++)
@@ -559,8 +598,12 @@ k_mma(const lin_segs segs, const float *__restrict__ x, int n, int in, int group
                 int col = 8 * j + col0 + e;
                 float r = 1.f;
                 if (PRE == ENG_PRE_RMSNORM && col < n) r = rsqrtf(s_ss[col] / (float)in + eps);
-                mma_store2<FMT, ACC, EPI>(y, scales, acc[j][e], acc[j][2 + e], mt, g, col, n,
-                                          out, r);
+                mma_out o = so;
+                if (YPRE)
+                    o = yo[YPRE ? j : 0][e];
+                else
+                    mma_fetch_y<ACC, EPI>(o, y, mt, g, col, n, out);
+                mma_store2<ACC, EPI>(y, o, acc[j][e], acc[j][2 + e], mt, g, col, n, out, r);
             }
         return;
     }
@@ -587,14 +630,34 @@ k_mma(const lin_segs segs, const float *__restrict__ x, int n, int in, int group
                 const float *a = acc[pass * JG + jj];
                 red[jj * C::THREADS + threadIdx.x] = make_float4(a[0], a[1], a[2], a[3]);
             }
-        cluster.sync();
+        /* An item: (e, slot, jj) of it; this thread's first one's scales and residual values
+         * are fetched while the cluster barrier completes. */
         int tiles = min(JG, NT - pass * JG), items = tiles * C::THREADS * 2;
-        for (int it = rank * C::THREADS + (int)threadIdx.x; it < items;
-             it += ranks * C::THREADS) {
-            int e = it & 1, slot = (it >> 1) % C::THREADS, jj = (it >> 1) / C::THREADS;
-            int j = pass * JG + jj, sl = slot % 32;
-            int col = 8 * j + 2 * (sl % 4) + e;
+        auto item = [&](int it, int &e, int &slot, int &jj, int &col) {
+            e = it & 1;
+            slot = (it >> 1) % C::THREADS;
+            jj = (it >> 1) / C::THREADS;
+            col = 8 * (pass * JG + jj) + 2 * (slot % 32 % 4) + e;
+        };
+        const int it0 = rank * C::THREADS + (int)threadIdx.x;
+        mma_out o0;
+        if (it0 < items) {
+            int e, slot, jj, col;
+            item(it0, e, slot, jj, col);
+            mma_fetch_scales<FMT, EPI>(o0, scales, blk * C::WARPS + slot / 32, slot % 32 / 4, out);
+            mma_fetch_y<ACC, EPI>(o0, y, blk * C::WARPS + slot / 32, slot % 32 / 4, col, n, out);
+        }
+        cluster.sync();
+        for (int it = it0; it < items; it += ranks * C::THREADS) {
+            int e, slot, jj, col;
+            item(it, e, slot, jj, col);
+            int sl = slot % 32, mt_i = blk * C::WARPS + slot / 32;
             int off = (jj * C::THREADS + slot) * 4 + e; /* float index of lo in red */
+            mma_out o = o0;
+            if (it != it0) {
+                mma_fetch_scales<FMT, EPI>(o, scales, mt_i, sl / 4, out);
+                mma_fetch_y<ACC, EPI>(o, y, mt_i, sl / 4, col, n, out);
+            }
             float lo = 0.f, hi = 0.f, ss = 0.f;
 #pragma unroll
             for (int r = 0; r < MMA_MAX_CLUSTER; r++)
@@ -607,8 +670,7 @@ k_mma(const lin_segs segs, const float *__restrict__ x, int n, int in, int group
                 }
             float rms = 1.f;
             if (PRE == ENG_PRE_RMSNORM && col < n) rms = rsqrtf(ss / (float)in + eps);
-            mma_store2<FMT, ACC, EPI>(y, scales, lo, hi, blk * C::WARPS + slot / 32, sl / 4, col,
-                                      n, out, rms);
+            mma_store2<ACC, EPI>(y, o, lo, hi, mt_i, sl / 4, col, n, out, rms);
         }
     }
     cluster.sync(); /* keep this block's shared memory alive until every rank has read it */

@@ -125,16 +125,84 @@ k_wide_prep(__nv_bfloat16 *__restrict__ xb, const float *__restrict__ x,
     }
 }
 
+/* Four consecutive floats at p of which the first `left` exist (left may be <= 0 or > 4), as
+ * one 16-byte access when vec (p 16-byte aligned and all four exist) and element by element
+ * otherwise. The caller computes vec from a plain comparison. An earlier form tested a clamped
+ * count (max(0, min(4, left)) == 4): its PTX was right, but ptxas (CUDA 13.0) folded the clamp
+ * and the test into one VIMNMX.RELU and its predicate, and compute-sanitizer caught the kernel
+ * making a 16-byte store for a quad past the end of y. */
+__device__ __forceinline__ float4 ld4_part(const float *p, int left, bool vec) {
+    if (vec) return *(const float4 *)p;
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (left > 0) v.x = p[0];
+    if (left > 1) v.y = p[1];
+    if (left > 2) v.z = p[2];
+    if (left > 3) v.w = p[3];
+    return v;
+}
+__device__ __forceinline__ void st4_part(float *p, float4 v, int left, bool vec) {
+    if (vec) {
+        *(float4 *)p = v;
+        return;
+    }
+    if (left > 0) p[0] = v.x;
+    if (left > 1) p[1] = v.y;
+    if (left > 2) p[2] = v.z;
+    if (left > 3) p[3] = v.w;
+}
+__device__ __forceinline__ float4 add4(float4 a, float4 b) {
+    return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+__device__ __forceinline__ float4 mul4(float4 a, float4 b) {
+    return make_float4(a.x * b.x, a.y * b.y, a.z * b.z, a.w * b.w);
+}
+__device__ __forceinline__ float silu_mul(float gate, float up) {
+    return gate / (1.f + __expf(-gate)) * up;
+}
+
 /* The end of a wide kernel: every block of the cluster (gridDim.y ranks) has left its partial
- * 128 x 128 tile in shared memory ([column][local row], tstr floats a column); the ranks each
- * finish a share of the outputs, summing the ranks in order (deterministic), then apply the int8
- * row scales and the residual add or the silu * up epilogue, with coalesced stores. */
+ * 128 x 128 tile in shared memory ([column][local row], tstr floats a column, tstr % 4 == 0); the
+ * ranks each finish a share of the columns, summing the ranks in order (deterministic), then
+ * apply the int8 row scales and the residual add or the silu * up epilogue. A thread owns four
+ * consecutive outputs of its columns (16-byte loads from every rank's tile, 16-byte stores), so
+ * its row scales are loaded once, before the cluster barrier, and so are the residual values of
+ * its first FIN_U columns: the tail is one barrier and one round of loads, not a chain of them. */
+#define FIN_U 4
 template <int FMT, int ACC, int EPI, int WIDE_THREADS>
 __device__ __forceinline__ void wide_finish(const lin_seg &sg, float *tile, int tstr, int n,
                                             int mt0) {
     const int tid = (int)threadIdx.x, out = sg.out, half = out / 2;
     namespace cg = cooperative_groups;
     const int ranks = (int)gridDim.y, rank = (int)blockIdx.y;
+    constexpr int R = EPI ? WIDE_BM / 2 : WIDE_BM; /* outputs a column of the tile */
+    constexpr int RQ = R / 4, CG = WIDE_THREADS / RQ; /* row quads; column groups */
+    static_assert(WIDE_THREADS % RQ == 0, "whole row quads");
+    const int rq = tid % RQ, c0 = tid / RQ;
+    /* This thread's outputs: rows 16 mt0 + 4 rq.. (silu: gate/up outputs 8 mt0 + 4 rq..), at
+     * tile offset toff (silu: gate rows toff.., up rows toff + 8..). */
+    const int o0 = EPI ? 8 * mt0 + 4 * rq : 16 * mt0 + 4 * rq;
+    const int toff = EPI ? (4 * rq / 8) * 16 + 4 * rq % 8 : 4 * rq;
+    const int ylen = EPI ? half : out; /* floats a column of y */
+    const int left = ylen - o0;                      /* outputs from o0 to the end of y */
+    const bool vec = ylen % 4 == 0 && o0 + 4 <= ylen; /* all four, 16-byte aligned */
+    const float *__restrict__ scales = sg.scales;
+    float4 sc = make_float4(1.f, 1.f, 1.f, 1.f), sc_up = sc;
+    if (FMT == ENG_W_I8) {
+        sc = ld4_part(scales + o0, left, vec);
+        if (EPI) sc_up = ld4_part(scales + half + o0, left, vec);
+    }
+    float *__restrict__ y = sg.y;
+    const int cols = min(n, WIDE_COLS), cstep = CG * ranks, cfirst = c0 + CG * rank;
+    float4 yv[FIN_U];
+    auto load_y = [&](int col0) {
+#pragma unroll
+        for (int u = 0; u < FIN_U; u++) {
+            int col = col0 + u * cstep;
+            yv[u] = ACC && col < cols ? ld4_part(y + (size_t)col * ylen + o0, left, vec)
+                                      : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    };
+    load_y(cfirst);
     if (ranks > 1)
         cg::this_cluster().sync();
     else
@@ -145,41 +213,34 @@ __device__ __forceinline__ void wide_finish(const lin_seg &sg, float *tile, int 
         part[q] = q == 0 && ranks == 1 ? tile
                   : q < ranks          ? cg::this_cluster().map_shared_rank(tile, q)
                                        : tile;
-    constexpr int R = EPI ? WIDE_BM / 2 : WIDE_BM; /* outputs a column of the tile */
-    const int cols = min(n, WIDE_COLS);
-    float *__restrict__ y = sg.y;
-    const float *__restrict__ scales = sg.scales;
-    for (int it = rank * WIDE_THREADS + tid; it < cols * R; it += ranks * WIDE_THREADS) {
-        int col = it / R, r = it % R;
-        if (EPI) {
-            int lm = r / 8, rr = r % 8, o = 8 * (mt0 + lm) + rr;
-            if (o >= half) continue;
-            int off = col * tstr + lm * 16 + rr;
-            float gate = 0.f, up = 0.f;
+    for (int col0 = cfirst; col0 < cols; col0 += FIN_U * cstep) {
+        if (col0 != cfirst) load_y(col0);
+        float4 v[FIN_U], up[FIN_U];
 #pragma unroll
-            for (int q = 0; q < WIDE_MAX_CLUSTER; q++)
-                if (q < ranks) {
-                    gate += part[q][off];
-                    up += part[q][off + 8];
-                }
-            if (FMT == ENG_W_I8) {
-                gate *= scales[o];
-                up *= scales[half + o];
+        for (int u = 0; u < FIN_U; u++) {
+            v[u] = up[u] = make_float4(0.f, 0.f, 0.f, 0.f);
+            int off = (col0 + u * cstep) * tstr + toff;
+            if (col0 + u * cstep < cols)
+#pragma unroll
+                for (int q = 0; q < WIDE_MAX_CLUSTER; q++)
+                    if (q < ranks) {
+                        v[u] = add4(v[u], *(const float4 *)(part[q] + off));
+                        if (EPI) up[u] = add4(up[u], *(const float4 *)(part[q] + off + 8));
+                    }
+        }
+#pragma unroll
+        for (int u = 0; u < FIN_U; u++) {
+            int col = col0 + u * cstep;
+            if (col >= cols) break;
+            float4 r = mul4(v[u], sc);
+            if (EPI) {
+                float4 w = mul4(up[u], sc_up);
+                r = make_float4(silu_mul(r.x, w.x), silu_mul(r.y, w.y), silu_mul(r.z, w.z),
+                                silu_mul(r.w, w.w));
+            } else if (ACC) {
+                r = add4(r, yv[u]);
             }
-            y[(size_t)col * half + o] = gate / (1.f + __expf(-gate)) * up;
-        } else {
-            int row = 16 * mt0 + r;
-            if (row >= out) continue;
-            float v = 0.f;
-#pragma unroll
-            for (int q = 0; q < WIDE_MAX_CLUSTER; q++)
-                if (q < ranks) v += part[q][col * tstr + r];
-            if (FMT == ENG_W_I8) v *= scales[row];
-            float *dst = y + (size_t)col * out + row;
-            if (ACC)
-                *dst += v;
-            else
-                *dst = v;
+            st4_part(y + (size_t)col * ylen + o0, r, left, vec);
         }
     }
     if (ranks > 1) cg::this_cluster().sync(); /* keep this tile alive until every rank read it */
@@ -274,12 +335,18 @@ __device__ __forceinline__ void wg_fence() {
 __device__ __forceinline__ void wg_commit() {
     asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
 }
+/* Pins the accumulators in their registers around a batch of wgmmas (no instruction of its own),
+ * so that no copy of them lands inside the wgmma pipeline, which ptxas would serialize. */
+__device__ __forceinline__ void wg_pin(float *d) {
+#pragma unroll
+    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
 template <int N> __device__ __forceinline__ void wg_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory");
 }
 /* d (64 x 128 f32 of the warpgroup, 64 a lane) += A (registers a0..a3) . B (descriptor). */
 __device__ __forceinline__ void wg_mma(float *d, uint32_t a0, uint32_t a1, uint32_t a2,
-                                       uint32_t a3, uint64_t desc) {
+                                       uint32_t a3, uint64_t desc, int accumulate) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
@@ -299,7 +366,7 @@ __device__ __forceinline__ void wg_mma(float *d, uint32_t a0, uint32_t a1, uint3
           "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
           "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
           "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(1));
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "l"(desc), "r"(accumulate));
 }
 
 /* The weight side of a wide block, shared by k_wide and k_wide_wg: the matrix row behind each
@@ -566,9 +633,7 @@ k_wide_wg(const lin_segs segs, const __nv_bfloat16 *__restrict__ xb, int n, int 
         }
     };
 
-    float d[64];
-#pragma unroll
-    for (int i = 0; i < 64; i++) d[i] = 0.f;
+    float d[64]; /* set by the first wgmma (accumulate = 0): nst >= 1 for every rank */
 
     /* Stage i: this warp's m-tile (rows g and g + 8) dequantized a k-step at a time, each k-step's
      * KW / 16 slices issued as wgmmas against the stage's x. */
@@ -583,6 +648,7 @@ k_wide_wg(const lin_segs segs, const __nv_bfloat16 *__restrict__ xb, int n, int 
                 mma_fmt<FMT>::dequant(
                     *(const uint4 *)(st + (16 * warp + g + 8 * h) * C::WSTR + ks * 64 + t * 16),
                     a[ks][h]);
+        wg_pin(d);
         wg_fence();
 #pragma unroll
         for (int ks = 0; ks < C::KS; ks++)
@@ -590,9 +656,11 @@ k_wide_wg(const lin_segs segs, const __nv_bfloat16 *__restrict__ xb, int n, int 
             for (int sl = 0; sl < C::KW / 16; sl++) {
                 int kc = (ks * C::KW + 16 * sl) / 8; /* first core matrix along k */
                 wg_mma(d, a[ks][0][2 * sl], a[ks][1][2 * sl], a[ks][0][2 * sl + 1],
-                       a[ks][1][2 * sl + 1], wg_desc(xs + kc * 128, 128, (WIDE_KS / 8) * 128));
+                       a[ks][1][2 * sl + 1], wg_desc(xs + kc * 128, 128, (WIDE_KS / 8) * 128),
+                       i > 0 || ks > 0 || sl > 0);
             }
         wg_commit();
+        wg_pin(d);
     };
 
     /* A stage's wgmmas run while the next stage's copies land; they are done with its slots
@@ -659,7 +727,9 @@ static int wide_wg(void) {
 }
 
 int cuda_wide_ok(const eng_weight *w, int64_t n) {
-    if (n < wide_min_rows() || n > WIDE_COLS || w->out < 1 || w->in > INT_MAX / WIDE_COLS)
+    /* in >= WIDE_KS: every rank of a cluster gets at least one stage (k_wide_wg relies on it) */
+    if (n < wide_min_rows() || n > WIDE_COLS || w->out < 1 || w->in < WIDE_KS ||
+        w->in > INT_MAX / WIDE_COLS)
         return 0;
     switch (w->fmt) {
     case ENG_W_BF16: return wide_bf16() && w->in % WIDE_KS == 0;
