@@ -289,6 +289,7 @@ k_wide_prep_wg(__nv_bfloat16 *__restrict__ xb, const float *__restrict__ x,
         int w = tid / 32, col = col0 + w;
         float ss = 0.f;
         if (col < n)
+#pragma unroll 8 /* the row's loads issued together (in = 2048: one round trip, not 8) */
             for (int k = (tid % 32) * 8; k < in; k += 32 * 8) {
                 float v[8];
                 load8(x + col * xrow + k, v);
@@ -706,10 +707,12 @@ static int wide_bf16(void) {
     return on;
 }
 
-/* Most blocks a wide product splits k over (one cluster): 6, or VOXQ_CUDA_WIDE_MAX_SPLIT read
+/* Most blocks a wide product splits k over (one cluster): 5, or VOXQ_CUDA_WIDE_MAX_SPLIT read
  * once (A/B timing). One block an SM leaves clusters of 8 badly placed: int8 at 64 sequences,
- * H200, same call, 3.70 / 3.30 / 3.19 / 3.16 / 3.42 / 3.58 ms a step at 3 / 4 / 5 / 6 / 7 / 8. */
-#define WIDE_SPLIT_DEFAULT 6
+ * H200, same call, 3.70 / 3.30 / 3.19 / 3.16 / 3.42 / 3.58 ms a step at 3 / 4 / 5 / 6 / 7 / 8
+ * with the first finish; with the vectorized finish 2.95 / 2.82 / 2.89-2.92 / 3.35 at 4 / 5 / 6
+ * / 8. */
+#define WIDE_SPLIT_DEFAULT 5
 static int wide_max_split(void) {
     static int m;
     if (!m)
