@@ -16,7 +16,7 @@
  *   - 8 warps (WN = 2), 4 along the weight rows (2 m-tiles each) x 2 along x (8 n-tiles each):
  *     a warp dequantizes its 2 x 2 weight rows of a k-step into registers once and reuses them
  *     for 8 n-tiles, each n-tile's x fragment feeding 2 m-tiles (64 f32 accumulators a lane);
- *   - small matrices split k over a cluster of up to 6 blocks; every block leaves its 128 x 128
+ *   - small matrices split k over a cluster of up to 5 blocks; every block leaves its 128 x 128
  *     tile in shared memory and the cluster's ranks each finish a share of the outputs, summing
  *     the ranks in order (deterministic), then apply the int8 row scales, the residual add or the
  *     silu * up epilogue, with coalesced stores.
@@ -27,10 +27,11 @@
  * registers, x from shared memory through a matrix descriptor, so no x fragments are loaded per
  * mma. It takes int8 (and, with VOXQ_CUDA_WIDE_BF16=1, bf16) weights; int4 stays on k_wide.
  *
- * Where it stands (H200, docs/perf-notes.md, session 4): gate_up at 128 rows takes 33 us with
- * int8 weights through k_wide_wg (45 us through k_wide; cuBLAS with bf16 weights 28 us); the
- * int8 decoder step at 64 sequences is 3.14 ms against 3.06 ms with bf16 weights on cuBLAS.
- * Clusters of at most 6 (not 8) blocks: with one block an SM, clusters of 8 were slower. */
+ * Where it stands (H200, docs/perf-notes.md, session 5): the int8 decoder step at 64 sequences
+ * is 2.82-2.85 ms against 3.04 ms with bf16 weights on cuBLAS; gate_up at 128 rows took 33 us
+ * with int8 weights through k_wide_wg before the vectorized finish (45 us through k_wide;
+ * cuBLAS with bf16 weights 28 us). Clusters of at most 5 blocks: with one block an SM, clusters
+ * of 8 were slower. */
 #include <cooperative_groups.h>
 
 #include "engine/cuda/cuda_mma.cuh"
