@@ -286,6 +286,9 @@ static void check_decoder_products(eng_wfmt fmt, const int64_t *ns, size_t count
         {ENG_PRE_SILU_MUL, 1, ENG_POST_NONE, 2048, 8192},
         {ENG_PRE_RMSNORM, 0, ENG_POST_SILU_MUL, 16384, 2048},
         {ENG_PRE_RMSNORM, 0, ENG_POST_SILU_MUL, 200, 256},
+        /* outputs not a multiple of 4: the wide kernels' finish stores element by element */
+        {ENG_PRE_RMSNORM, 1, ENG_POST_NONE, 102, 256},
+        {ENG_PRE_RMSNORM, 0, ENG_POST_SILU_MUL, 204, 256},
     };
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0] && !test_failed_; i++)
         check_linear_ex_rows(fmt, shapes[i].pre, shapes[i].acc, shapes[i].post, shapes[i].out,
