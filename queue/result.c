@@ -79,6 +79,8 @@ void queue_ack(queue *q, queue_delivery *d, const queue_result *r) {
     qop_argf(op, "%ld", d->job.result_ttl_s);
     qop_arg(op, d->job.reply_to);
     qop_arg(op, "1");
+    qop_arg(op, "progress"); /* whatever the last throttled report said, a success is whole */
+    qop_arg(op, "1");
     if (r->output_path) {
         qop_arg(op, "output_path");
         qop_arg(op, r->output_path);

@@ -37,6 +37,9 @@ TEST(valid_job_succeeds) {
     free(path);
     ASSERT_EQ(wf_field_int("ok1", "attempts"), 1);
     ASSERT_EQ(wf_field_int("ok1", "sample_rate"), 44100);
+    char *prog = wf_field("ok1", "progress"); /* 1 on success, even with no report before */
+    ASSERT_TRUE(prog && strcmp(prog, "1") == 0);
+    free(prog);
     char *sha = wf_field("ok1", "sha256");
     ASSERT_TRUE(sha && strlen(sha) == 64);
     free(sha);
