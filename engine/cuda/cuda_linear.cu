@@ -142,7 +142,7 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
                     load8(x + (size_t)n * 2 * in + k, g);
                     load8(x + (size_t)n * 2 * in + in + k, xf[n]);
 #pragma unroll
-                    for (int j = 0; j < 8; j++) xf[n][j] *= g[j] / (1.f + __expf(-g[j]));
+                    for (int j = 0; j < 8; j++) xf[n][j] = silu_mul(g[j], xf[n][j]);
                 }
             } else {
 #pragma unroll
@@ -212,7 +212,7 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
             for (int k = 0; k < nwarps; k++) u += s_part[k][(r + R / 2) * NR + n];
             if (FMT == ENG_W_I8) u *= scales[half + orow];
             u *= scale_n;
-            y[(size_t)n * half + orow] = v / (1.f + __expf(-v)) * u;
+            y[(size_t)n * half + orow] = silu_mul(v, u);
         } else if (orow < out) {
             if (ACC)
                 y[(size_t)n * out + orow] += v;
@@ -351,7 +351,7 @@ __device__ __forceinline__ void mma_stage(__nv_bfloat16 *xs, float *s_ss, const 
                 load8(x + (size_t)col * 2 * in + k, g);
                 load8(x + (size_t)col * 2 * in + in + k, v);
 #pragma unroll
-                for (int j = 0; j < 8; j++) v[j] *= g[j] / (1.f + __expf(-g[j]));
+                for (int j = 0; j < 8; j++) v[j] = silu_mul(g[j], v[j]);
             } else {
                 load8(x + (size_t)col * in + k, v);
             }
@@ -433,7 +433,7 @@ __device__ __forceinline__ void mma_store2(float *__restrict__ y, const mma_out 
         int half = out / 2, q = 8 * mt + g;
         if (q >= half) return;
         float gate = lo * r * o.s_lo, up = hi * r * o.s_hi;
-        y[(size_t)col * half + q] = gate / (1.f + __expf(-gate)) * up;
+        y[(size_t)col * half + q] = silu_mul(gate, up);
         return;
     }
     int rows[2] = {16 * mt + g, 16 * mt + g + 8};

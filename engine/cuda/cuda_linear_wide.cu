@@ -33,6 +33,7 @@
  * cuBLAS with bf16 weights 28 us). Clusters of at most 5 blocks: with one block an SM, clusters
  * of 8 were slower. */
 #include <cooperative_groups.h>
+#include <type_traits>
 
 #include "engine/cuda/cuda_mma.cuh"
 
@@ -108,7 +109,7 @@ k_wide_prep(__nv_bfloat16 *__restrict__ xb, const float *__restrict__ x,
             float u[8];
             load8(xr + in + k, u);
 #pragma unroll
-            for (int j = 0; j < 8; j++) v[j] = v[j] / (1.f + __expf(-v[j])) * u[j];
+            for (int j = 0; j < 8; j++) v[j] = silu_mul(v[j], u[j]);
         } else if (PRE == ENG_PRE_RMSNORM) {
             float nw[8];
             load8(norm + k, nw);
@@ -156,9 +157,6 @@ __device__ __forceinline__ float4 add4(float4 a, float4 b) {
 }
 __device__ __forceinline__ float4 mul4(float4 a, float4 b) {
     return make_float4(a.x * b.x, a.y * b.y, a.z * b.z, a.w * b.w);
-}
-__device__ __forceinline__ float silu_mul(float gate, float up) {
-    return gate / (1.f + __expf(-gate)) * up;
 }
 
 /* The end of a wide kernel: every block of the cluster (gridDim.y ranks) has left its partial
@@ -312,7 +310,7 @@ k_wide_prep_wg(__nv_bfloat16 *__restrict__ xb, const float *__restrict__ x,
             int k = l0 - l0 % KW + wg_phys<FMT>((l0 + j) % KW);
             float a = __ldg(xr + k);
             if (PRE == ENG_PRE_SILU_MUL)
-                a = a / (1.f + __expf(-a)) * __ldg(xr + in + k);
+                a = silu_mul(a, __ldg(xr + in + k));
             else if (PRE == ENG_PRE_RMSNORM)
                 a *= s_r[cc] * __ldg(norm + k);
             v[j] = a;
@@ -743,36 +741,51 @@ int cuda_wide_ok(const eng_weight *w, int64_t n) {
     }
 }
 
+/* f(std::integral_constant<int, PRE>) for the prologue pre: one instantiation each. */
+template <class F> static cudaError_t with_pre(int pre, F f) {
+    if (pre == ENG_PRE_RMSNORM) return f(std::integral_constant<int, ENG_PRE_RMSNORM>());
+    if (pre == ENG_PRE_SILU_MUL) return f(std::integral_constant<int, ENG_PRE_SILU_MUL>());
+    return f(std::integral_constant<int, ENG_PRE_NONE>());
+}
+
 template <int FMT>
 static cudaError_t launch_prep(__nv_bfloat16 *xb, const float *x, int n, int in, int pre,
                                const float *norm, float eps, cudaStream_t st) {
     cudaLaunchAttribute attr[2];
     cudaLaunchConfig_t cfg = pdl_cluster_config(dim3((unsigned)n), dim3(256), 0, st, attr, 1);
-    if (pre == ENG_PRE_RMSNORM)
-        return cudaLaunchKernelEx(&cfg, k_wide_prep<FMT, ENG_PRE_RMSNORM>, xb, x, norm, eps, in);
-    if (pre == ENG_PRE_SILU_MUL)
-        return cudaLaunchKernelEx(&cfg, k_wide_prep<FMT, ENG_PRE_SILU_MUL>, xb, x, norm, eps, in);
-    return cudaLaunchKernelEx(&cfg, k_wide_prep<FMT, ENG_PRE_NONE>, xb, x, norm, eps, in);
+    return with_pre(pre, [&](auto P) {
+        return cudaLaunchKernelEx(&cfg, k_wide_prep<FMT, decltype(P)::value>, xb, x, norm, eps, in);
+    });
+}
+
+/* What the launches of both tile kernels share: the segments, one block an SM with small
+ * matrices splitting their k stages over a cluster, and the PDL/cluster configuration;
+ * launch(cfg, segs, per) passes the kernel and its arguments. */
+template <int FMT, int EPI, class Launch>
+static cudaError_t launch_tile(const lin_set *set, int sms, int threads, cudaStream_t st,
+                               Launch launch) {
+    int64_t mblocks;
+    lin_segs segs = make_segs(set, EPI, EPI ? 8 : 16, WIDE_BM / 16, &mblocks);
+    int per, split = split_k(sms, mblocks, wide_max_split(), (int)(set->w[0]->in / WIDE_KS), &per);
+    cudaLaunchAttribute attr[2];
+    cudaLaunchConfig_t cfg = pdl_cluster_config(dim3((unsigned)mblocks, (unsigned)split),
+                                                dim3(threads), wide_cfg<FMT>::SMEM, st, attr,
+                                                split);
+    return launch(cfg, segs, per);
 }
 
 template <int FMT, int ACC, int EPI, int WN>
 static cudaError_t launch_wide_k(const lin_set *set, const __nv_bfloat16 *xb, int n, int sms,
                                  cudaStream_t st) {
-    using C = wide_cfg<FMT>;
     static unsigned smem_set;
-    cudaError_t e = smem_optin(k_wide<FMT, ACC, EPI, WN>, C::SMEM, &smem_set);
+    cudaError_t e = smem_optin(k_wide<FMT, ACC, EPI, WN>, wide_cfg<FMT>::SMEM, &smem_set);
     if (e != cudaSuccess) return e;
     const eng_weight *w = set->w[0];
-    int64_t mblocks;
-    lin_segs segs = make_segs(set, EPI, EPI ? 8 : 16, WIDE_BM / 16, &mblocks);
-    /* One block an SM: small matrices split k over a cluster. */
-    int steps = (int)(w->in / WIDE_KS); /* stages of k */
-    int per, split = split_k(sms, mblocks, wide_max_split(), steps, &per);
-    cudaLaunchAttribute attr[2];
-    cudaLaunchConfig_t cfg = pdl_cluster_config(dim3((unsigned)mblocks, (unsigned)split),
-                                                dim3(4 * WN * 32), C::SMEM, st, attr, split);
-    return cudaLaunchKernelEx(&cfg, k_wide<FMT, ACC, EPI, WN>, segs, xb, n, (int)w->in, w->group,
-                              per);
+    return launch_tile<FMT, EPI>(set, sms, 4 * WN * 32, st, [&](cudaLaunchConfig_t cfg,
+                                                               lin_segs segs, int per) {
+        return cudaLaunchKernelEx(&cfg, k_wide<FMT, ACC, EPI, WN>, segs, xb, n, (int)w->in,
+                                  w->group, per);
+    });
 }
 
 template <int FMT, int PRE>
@@ -788,24 +801,18 @@ template <int FMT, int ACC, int EPI>
 static cudaError_t launch_wide_wg(const lin_set *set, __nv_bfloat16 *xb, const float *x, int n,
                                   int pre, const float *norm, float eps, int sms,
                                   cudaStream_t st) {
-    using C = wide_cfg<FMT>;
     int in = (int)set->w[0]->in;
-    cudaError_t e = pre == ENG_PRE_RMSNORM
-                        ? launch_prep_wg<FMT, ENG_PRE_RMSNORM>(xb, x, n, norm, eps, in, st)
-                    : pre == ENG_PRE_SILU_MUL
-                        ? launch_prep_wg<FMT, ENG_PRE_SILU_MUL>(xb, x, n, norm, eps, in, st)
-                        : launch_prep_wg<FMT, ENG_PRE_NONE>(xb, x, n, norm, eps, in, st);
+    cudaError_t e = with_pre(pre, [&](auto P) {
+        return launch_prep_wg<FMT, decltype(P)::value>(xb, x, n, norm, eps, in, st);
+    });
     if (e != cudaSuccess) return e;
     static unsigned smem_set;
-    e = smem_optin(k_wide_wg<FMT, ACC, EPI>, C::SMEM, &smem_set);
+    e = smem_optin(k_wide_wg<FMT, ACC, EPI>, wide_cfg<FMT>::SMEM, &smem_set);
     if (e != cudaSuccess) return e;
-    int64_t mblocks;
-    lin_segs segs = make_segs(set, EPI, EPI ? 8 : 16, WIDE_BM / 16, &mblocks);
-    int per, split = split_k(sms, mblocks, wide_max_split(), in / WIDE_KS, &per);
-    cudaLaunchAttribute attr[2];
-    cudaLaunchConfig_t cfg = pdl_cluster_config(dim3((unsigned)mblocks, (unsigned)split),
-                                                dim3(256), C::SMEM, st, attr, split);
-    return cudaLaunchKernelEx(&cfg, k_wide_wg<FMT, ACC, EPI>, segs, xb, n, in, per);
+    return launch_tile<FMT, EPI>(set, sms, 256, st, [&](cudaLaunchConfig_t cfg, lin_segs segs,
+                                                        int per) {
+        return cudaLaunchKernelEx(&cfg, k_wide_wg<FMT, ACC, EPI>, segs, xb, n, in, per);
+    });
 }
 
 template <int FMT>

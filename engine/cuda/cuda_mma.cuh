@@ -179,6 +179,11 @@ static inline lin_segs make_segs(const lin_set *set, int epi, int unit, int per,
     return segs;
 }
 
+/* silu(gate) * up, the one expression every prologue and epilogue of the linear kernels uses. */
+__device__ __forceinline__ float silu_mul(float gate, float up) {
+    return gate / (1.f + __expf(-gate)) * up;
+}
+
 /* The k split of a launch of mblocks row blocks over `steps` k-steps: about `target` blocks in
  * all (rounded, not ceiled: a grid near the target keeps one block a column that streams all
  * of k rather than twice the blocks and a cluster reduction), at most max_cluster ranks of one
