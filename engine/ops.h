@@ -180,6 +180,12 @@ typedef struct eng_backend_ops {
     int (*linear_group)(eng_backend *be, int count, eng_tensor *const *y, const eng_tensor *x,
                         const eng_weight *const *w, const struct eng_linear_args *a);
 
+    /* Optional pre-norm MLP block in one pass (see eng_mlp): x += down . silu_mul(gate_up .
+     * rmsnorm(x)), act [n, down->in] F32 scratch. ENG_EUNSUPPORTED (nothing run, no error
+     * recorded) where the backend has no kernel for the shapes: eng_mlp composes. */
+    int (*mlp)(eng_backend *be, eng_tensor *x, eng_tensor *act, const eng_weight *gate_up,
+               const eng_weight *down, const eng_tensor *norm, float eps);
+
     /* Optional fused rope + kv_write (NULL: eng_rope_kv_write composes them). */
     int (*rope_kv_write)(eng_backend *be, eng_tensor *q, eng_tensor *k, const eng_tensor *v,
                          const eng_tensor *pos, float theta, eng_kv *kv, const eng_tensor *slot);
@@ -245,6 +251,14 @@ int eng_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng
  * where the backend has linear_group, else eng_linear_ex per weight through a->tmp_in. */
 int eng_linear_group(eng_backend *be, int count, eng_tensor *const *y, const eng_tensor *x,
                      const eng_weight *const *w, const eng_linear_args *a);
+
+/* The pre-norm MLP block: x += down . silu_mul(gate_up . rmsnorm(x, norm, eps)) for x [n, H],
+ * gate_up [2F, H] (gate rows, then up rows), down [H, F]. One kernel where the backend has it
+ * for the shapes, else two fused products through the scratch act [n, F] (silu_mul's output;
+ * with one kernel its contents afterwards are unspecified), h [n, H], gu [n, 2F], tmp [n, H]. */
+int eng_mlp(eng_backend *be, eng_tensor *x, eng_tensor *act, const eng_weight *gate_up,
+            const eng_weight *down, const eng_tensor *norm, float eps, eng_tensor *h,
+            eng_tensor *gu, eng_tensor *tmp);
 
 /* A decoder's attention input step: RoPE on q[n, qh, hd] and k[n, kvh, hd] at pos[n] (in place),
  * then the rotated k and v[n, kvh, hd] written into kv at (slot[i], pos[i]). One kernel where the

@@ -54,6 +54,20 @@ int eng_linear_group(eng_backend *be, int count, eng_tensor *const *y, const eng
     return 0;
 }
 
+int eng_mlp(eng_backend *be, eng_tensor *x, eng_tensor *act, const eng_weight *gate_up,
+            const eng_weight *down, const eng_tensor *norm, float eps, eng_tensor *h,
+            eng_tensor *gu, eng_tensor *tmp) {
+    if (be->ops->mlp) {
+        int rc = be->ops->mlp(be, x, act, gate_up, down, norm, eps);
+        if (rc != ENG_EUNSUPPORTED) return rc;
+    }
+    eng_linear_args a = {ENG_PRE_RMSNORM, norm, eps, 0, h, gu, ENG_POST_SILU_MUL};
+    int rc = eng_linear_ex(be, act, x, gate_up, &a);
+    if (rc) return rc;
+    eng_linear_args d = {ENG_PRE_NONE, NULL, 0.f, 1, NULL, tmp, ENG_POST_NONE};
+    return eng_linear_ex(be, x, act, down, &d);
+}
+
 int eng_rope_kv_write(eng_backend *be, eng_tensor *q, eng_tensor *k, const eng_tensor *v,
                       const eng_tensor *pos, float theta, eng_kv *kv, const eng_tensor *slot) {
     if (be->ops->rope_kv_write) return be->ops->rope_kv_write(be, q, k, v, pos, theta, kv, slot);

@@ -342,6 +342,7 @@ static void cuda_destroy(eng_backend *be) {
     cuda_free(be, c->cublas_ws);
     cuda_free(be, c->att_part);
     cuda_free(be, c->att_count);
+    cuda_free(be, c->grid_bar);
     cublasDestroy(c->cublas);
     cudaStreamDestroy(c->stream);
     free(st->table.recs);
@@ -367,6 +368,7 @@ static eng_backend_ops make_ops(void) {
     o.linear = cuda_linear;
     o.linear_ex = cuda_linear_ex;
     o.linear_group = cuda_linear_group;
+    o.mlp = cuda_mlp;
     o.rmsnorm = cuda_rmsnorm;
     o.add = cuda_add;
     o.rope = cuda_rope;
@@ -451,7 +453,9 @@ CUDA_EXTERN int eng_cuda_backend_create(eng_backend **out, int device, eng_error
     }
     if (cuda_alloc(be, CUDA_ATT_PART_BYTES, (void **)&c->att_part) != 0 ||
         cuda_alloc(be, CUDA_ATT_COUNTERS * sizeof(int), (void **)&c->att_count) != 0 ||
-        cudaMemset(c->att_count, 0, CUDA_ATT_COUNTERS * sizeof(int)) != cudaSuccess) {
+        cudaMemset(c->att_count, 0, CUDA_ATT_COUNTERS * sizeof(int)) != cudaSuccess ||
+        cuda_alloc(be, sizeof *c->grid_bar, (void **)&c->grid_bar) != 0 ||
+        cudaMemset(c->grid_bar, 0, sizeof *c->grid_bar) != cudaSuccess) {
         eng_errorf(err, ENG_EDEVICE, "attention workspace: %s", be->errstr);
         cuda_destroy(be);
         return ENG_EDEVICE;

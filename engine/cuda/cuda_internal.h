@@ -43,6 +43,8 @@ typedef struct cuda_impl {
     size_t att_part_bytes;
     int *att_count;
     int64_t att_count_len;
+    /* Grid-wide barrier of the fused MLP kernel (arrivals so far), zeroed at creation. */
+    unsigned long long *grid_bar;
     int capturing;
     cuda_graph_slot graphs[CUDA_MAX_GRAPHS];
     int ngraphs;
@@ -121,6 +123,10 @@ int cuda_rope_kv_write(eng_backend *be, eng_tensor *q, eng_tensor *k, const eng_
 int cuda_rope_attention(eng_backend *be, eng_tensor *out, eng_tensor *q, eng_tensor *k,
                         const eng_tensor *v, const eng_tensor *pos, float theta, eng_kv *kv,
                         const eng_tensor *slot, const eng_tensor *len, float scale);
+/* The decoder's MLP block in one launch where it applies (cuda_mlp.cu); ENG_EUNSUPPORTED,
+ * with nothing launched, where it does not. */
+int cuda_mlp(eng_backend *be, eng_tensor *x, eng_tensor *act, const eng_weight *gate_up,
+             const eng_weight *down, const eng_tensor *norm, float eps);
 int cuda_silu_mul(eng_backend *be, eng_tensor *y, const eng_tensor *gu);
 int cuda_embed_sum(eng_backend *be, eng_tensor *y, const eng_tensor *table, const eng_tensor *ids,
                    int channel_stride);

@@ -43,15 +43,15 @@ static int norm_linear(dia_model *m, eng_tensor *y, eng_tensor *x, eng_tensor *h
     return 0;
 }
 
-/* MLP block shared by encoder and decoder: x += down(silu(gate) * up) of rmsnorm(x). Fused
- * backends do it in two products (norm in the first one's loop, silu*up in its epilogue, the
- * residual in the second's); others compose norm -> gate_up -> silu*up -> down -> add. */
+/* MLP block shared by encoder and decoder: x += down(silu(gate) * up) of rmsnorm(x). One kernel
+ * where the backend has it (CUDA, 1-4 rows, int8/int4); fused backends otherwise do it in two
+ * products (norm in the first one's loop, silu*up in its epilogue, the residual in the
+ * second's); others compose norm -> gate_up -> silu*up -> down -> add. */
 static int mlp_block(dia_model *m, eng_tensor *x, eng_tensor *h, eng_tensor *gu, eng_tensor *act,
                      eng_tensor *tmp, const eng_tensor *norm, float eps, const eng_weight *gate_up,
                      const eng_weight *down, int layer, eng_error *err) {
-    eng_linear_args a = {ENG_PRE_RMSNORM, norm, eps, 0, h, gu, ENG_POST_SILU_MUL};
-    OP(eng_linear_ex(m->be, act, x, gate_up, &a), "mlp gate_up_proj + silu*up", layer);
-    return linear_add(m, x, tmp, act, down, "mlp down_proj", layer, err);
+    OP(eng_mlp(m->be, x, act, gate_up, down, norm, eps, h, gu, tmp), "mlp block", layer);
+    return 0;
 }
 
 /* Encoder (spec 4): rows r = b*S + s hold the ids staged in sh.enc_ids with pos = s, slot = b,

@@ -427,6 +427,78 @@ TEST(linear_tensor_core_graph_replay) {
     free(owned); free(scales);
 }
 
+/* eng_mlp (x += down . silu_mul(gate_up . rmsnorm(x))) on both backends for each row count in
+ * ns: the CPU composes plain ops; CUDA must run its one-launch kernel (k_mlp: int8/int4, 1-4
+ * rows) where `fused` says so, checked through the op itself, and composes elsewhere. rounds > 1:
+ * the CUDA side is captured once as a graph and replayed with new x (its grid barrier reused). */
+static void check_mlp(eng_wfmt fmt, int64_t H, int64_t F, const int64_t *ns, size_t count,
+                      int rounds) {
+    void *og, *od;
+    float *sg, *sd;
+    eng_weight hg = make_host_weight(fmt, 2 * F, H, &og, &sg), hd = make_host_weight(fmt, H, F, &od, &sd);
+    eng_weight gc, gg, dc, dg;
+    ASSERT_OK(cpu->ops->weight_load(cpu, &hg, &gc));
+    ASSERT_OK(gpu->ops->weight_load(gpu, &hg, &gg));
+    ASSERT_OK(cpu->ops->weight_load(cpu, &hd, &dc));
+    ASSERT_OK(gpu->ops->weight_load(gpu, &hd, &dg));
+    float *nw = rand_array((size_t)H, 1.0f);
+    int64_t nsh[1] = {H};
+    pair pn = make_pair(nw, ENG_DT_F32, 1, nsh);
+    int bad = 0;
+    for (size_t k = 0; k < count && !bad; k++) {
+        int64_t n = ns[k], xs[2] = {n, H}, as[2] = {n, F}, gs[2] = {n, 2 * F};
+        long mode = policy_knob("VOXQ_CUDA_MLP", 1, 0, 2); /* 1: bf16 and int4, 2: all */
+        int fused = n <= 4 && (mode == 2 || (mode == 1 && fmt != ENG_W_I8));
+        float *x = rand_array((size_t)(n * H), 2.0f);
+        pair px = make_pair(x, ENG_DT_F32, 2, xs), pa = make_pair(NULL, ENG_DT_F32, 2, as);
+        pair ph = make_pair(NULL, ENG_DT_F32, 2, xs), pt = make_pair(NULL, ENG_DT_F32, 2, xs);
+        pair pg = make_pair(NULL, ENG_DT_F32, 2, gs);
+        if (rounds > 1) ASSERT_OK(gpu->ops->graph_begin(gpu));
+        int rc = gpu->ops->mlp(gpu, &px.g, &pa.g, &gg, &dg, &pn.g, 1e-5f);
+        if (!fused) {
+            ASSERT_EQ(rc, ENG_EUNSUPPORTED);
+            rc = eng_mlp(gpu, &px.g, &pa.g, &gg, &dg, &pn.g, 1e-5f, &ph.g, &pg.g, &pt.g);
+        }
+        ASSERT_OK(rc);
+        if (rounds > 1) ASSERT_OK(gpu->ops->graph_end(gpu, 5));
+        for (int r = 0; r < rounds && !bad; r++) {
+            if (rounds > 1) {
+                float *x2 = rand_array((size_t)(n * H), 2.0f);
+                memcpy(px.c.data, x2, px.bytes);
+                ASSERT_OK(eng_upload(gpu, px.g.data, x2, px.bytes));
+                ASSERT_OK(gpu->ops->graph_launch(gpu, 5));
+                free(x2);
+            }
+            ASSERT_OK(eng_mlp(cpu, &px.c, &pa.c, &gc, &dc, &pn.c, 1e-5f, &ph.c, &pg.c, &pt.c));
+            char what[112];
+            snprintf(what, sizeof what, "mlp %s%s n=%lld H=%lld F=%lld round %d", eng_wfmt_name(fmt),
+                     fused ? " (one launch)" : "", (long long)n, (long long)H, (long long)F, r);
+            bad = same(what, &px, 3e-2, 1e-2);
+            if (!fused && !bad) bad = same(what, &pa, 3e-2, 1e-2); /* one launch: scratch */
+        }
+        free_pair(&px); free_pair(&pa); free_pair(&ph); free_pair(&pt); free_pair(&pg);
+        free(x);
+    }
+    cpu->ops->weight_release(cpu, &gc); gpu->ops->weight_release(gpu, &gg);
+    cpu->ops->weight_release(cpu, &dc); gpu->ops->weight_release(gpu, &dg);
+    free_pair(&pn);
+    free(og); free(sg); free(od); free(sd); free(nw);
+    ASSERT_EQ(bad, 0);
+}
+
+/* The one-launch MLP block (engine/cuda/cuda_mlp.cu) on Dia's shapes (H 2048, F 8192: 128 down
+ * m-tiles, 1024 gate_up m-tiles, the grid barrier between) and a smaller one (one ring slot a
+ * warp in places), 1-4 rows, then row counts and a format it leaves to the two products; and
+ * inside a graph replayed three times. */
+TEST(mlp_block_one_launch) {
+    const int64_t ns[] = {1, 2, 3, 4, 5, 8};
+    for (size_t f = 0; f < 3 && !test_failed_; f++) {
+        check_mlp(all_fmts[f], 2048, 8192, ns, 6, 1);
+        if (!test_failed_) check_mlp(all_fmts[f], 512, 4096, ns, 6, 1);
+        if (!test_failed_) check_mlp(all_fmts[f], 2048, 8192, ns + 1, 1, 3);
+    }
+}
+
 TEST(f32_weights_become_bf16) {
     /* An F32 weight is stored as BF16 on the device; compare with the CPU op on bf16 weights. */
     int64_t out = 256, in = 512, n = 2;

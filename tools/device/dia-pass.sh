@@ -19,7 +19,12 @@ for w in $what; do
          done
          # the wide kernel's other variants (bf16 weights, 16 warps), off by default
          VOXQ_CUDA_WIDE_BF16=1 VOXQ_CUDA_WIDE_WN=4 $G/test_cuda_ops > "$OUT/test_cuda_ops_wide.log" 2>&1
-         echo "test_cuda_ops (wide bf16, WN=4) rc=$? $(tail -1 $OUT/test_cuda_ops_wide.log)" ;;
+         echo "test_cuda_ops (wide bf16, WN=4) rc=$? $(tail -1 $OUT/test_cuda_ops_wide.log)"
+         # the one-launch MLP block for int8 too (off by default) and with each ring shape
+         for v in "VOXQ_CUDA_MLP=2" "VOXQ_CUDA_MLP=2 VOXQ_CUDA_MLP_VARIANT=0"; do
+           env $v $G/test_cuda_ops mlp_block_one_launch > "$OUT/test_cuda_mlp.log" 2>&1
+           echo "test_cuda_ops mlp_block_one_launch ($v) rc=$? $(tail -1 $OUT/test_cuda_mlp.log)"
+         done ;;
     gemv) $G/bench_cuda_gemv --reps 20 > "$OUT/gemv.json" 2>&1;
           python3 -c "import json;d=json.load(open('$OUT/gemv.json'));[print('gemv-step',r) for r in d['decoder_weights_step']]" ;;
     steps) for f in bf16 int8 int4; do
