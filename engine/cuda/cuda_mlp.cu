@@ -1,26 +1,34 @@
 /* cuda_mlp.cu - the decoder's MLP block in one launch at 1-4 rows of x (one sequence with CFG
- * is two): x += down . silu(gate) * up, [gate | up] = gate_up . rmsnorm(x), int8 or int4
- * weights.
+ * is two): x += down . silu(gate) * up, [gate | up] = gate_up . rmsnorm(x); bf16, int8 or int4
+ * weights (by default bf16 and int4: VOXQ_CUDA_MLP, below).
  *
- * As two products (k_mma, cuda_linear.cu) the block streams its weights at ~1.8 TB/s (ncu, H200:
- * eight warps an SM with their loads in registers keep too few bytes in flight) and pays a
- * kernel boundary between gate_up and down. Here one block per SM does both, with a grid-wide
- * barrier in between, and every warp streams its weights through a private ring of shared-memory
- * slots filled by bulk copies (TMA, cp.async.bulk): RING slots of 16 weight rows x 256 bytes
- * (four k-steps), so up to ~120 KB an SM are in flight.
+ * As two products (k_mma / k_gemv, cuda_linear.cu) the block pays a kernel boundary between
+ * gate_up and down, and down's weights start streaming only after it. Here one block per SM does
+ * both, with a grid-wide barrier in between, and every warp streams its weights through a
+ * private ring of shared-memory slots filled by bulk copies (TMA, cp.async.bulk): slots of 16
+ * weight rows x 256 bytes (four k-steps of 64 bytes in every format), 3 or 4 a warp, so 120-160
+ * KB an SM are in flight.
  *   - Warp w of block b owns gate_up m-tile 8b + w in phase A (8 gate rows and their 8 up rows,
  *     all of H: the k_mma fragment layout, gate rows as fragment rows 0-7) and, in phase B, one
  *     eighth of F of down's m-tile b (16 rows). Its ring runs through both without a break: the
  *     first down slices are copied while the last gate_up ones are multiplied, and across the
  *     grid barrier.
- *   - Phase A writes silu(gate) * up to act[n, F] (global); the grid barrier (a counter in
- *     device memory; all blocks are resident: one block an SM) makes it visible; phase B stages
- *     act, each warp multiplies its eighth, the eight partial fragments are added in a fixed
- *     order (deterministic) and the block adds the sums into x.
+ *   - Phase A writes silu(gate) * up to the act scratch as bf16 rows in the staging's pair order;
+ *     the grid barrier (a counter in device memory) makes them visible; phase B copies act into
+ *     its staging with one bulk copy a row, each warp multiplies its eighth, the eight partial
+ *     fragments are added in a fixed order (deterministic) and the block adds the sums into x.
+ * The grid is one block an SM (~200 KB of shared memory each) and the barrier needs all of them
+ * resident at once: a device shared with other work through MPS limits or green contexts would
+ * need a smaller grid (not handled).
  * The numerics are k_mma's: x * norm in bf16, 1/rms and the int8 row scales applied to the sums,
  * int4 group scales per k-step (copied into shared memory at start; a group is a multiple of the
- * 128-input k-step). A slot row is 256 bytes padded to 320, so the eight rows of one fragment
- * load fall in alternate halves of the banks. */
+ * 128-input k-step), silu(gate) * up rounded to bf16 for down. A slot row is 256 bytes padded to
+ * 320, so the eight rows of one fragment load fall in alternate halves of the banks.
+ *
+ * Measured (H200, docs/perf-notes.md, session 6): the int8 Dia block takes ~18 us alone (ncu)
+ * against ~30 us for its two products, but in the step graph it gains nothing, since its blocks
+ * cannot start beside the kernel in front (shared memory) and the products' programmatic
+ * overlap is lost: int8 stays on the two products by default. */
 #include <stdio.h>
 
 #include "engine/cuda/cuda_mma.cuh"
