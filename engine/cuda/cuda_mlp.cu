@@ -6,8 +6,8 @@
  * gate_up and down, and down's weights start streaming only after it. Here one block per SM does
  * both, with a grid-wide barrier in between, and every warp streams its weights through a
  * private ring of shared-memory slots filled by bulk copies (TMA, cp.async.bulk): slots of 16
- * weight rows x 256 bytes (four k-steps of 64 bytes in every format), 3 or 4 a warp, so 120-160
- * KB an SM are in flight.
+ * weight rows x 256 bytes (four k-steps of 64 bytes in every format), 3 a warp, so up to 120 KB
+ * an SM are in flight.
  *   - Warp w of block b owns gate_up m-tile 8b + w in phase A (8 gate rows and their 8 up rows,
  *     all of H: the k_mma fragment layout, gate rows as fragment rows 0-7) and, in phase B, one
  *     eighth of F of down's m-tile b (16 rows). Its ring runs through both without a break: the
@@ -395,12 +395,14 @@ __global__ void __launch_bounds__(MLP_THREADS, 1) k_mlp(const mlp_args a) {
     }
 }
 
-/* The ring shapes: 0 = 256-byte slices, 3 slots; 1 = 512-byte slices, 2 slots; 2 = 256-byte
- * slices, 4 slots. By default 2 where the shared memory holds it (1-2 rows), else 0;
- * VOXQ_CUDA_MLP_VARIANT (read once; A/B timing) forces one. */
-static int mlp_forced_variant(void) {
-    static int v = -2;
-    if (v == -2) v = (int)cuda_env_knob("VOXQ_CUDA_MLP_VARIANT", -1, -1, 2);
+/* The ring shapes: 0 = 256-byte slices, 3 slots (default); 1 = 512-byte slices, 2 slots;
+ * 2 = 256-byte slices, 4 slots. VOXQ_CUDA_MLP_VARIANT (read once; A/B timing) picks one. With 3
+ * slots at 2 rows a block (~158 KB) fits beside the two k_mma blocks an SM of the product in front,
+ * so it starts as soon as that kernel lets it; with 4 it waits for the SM to empty (H200, bf16
+ * one sequence: 898.0 / 900.1 against 878.7 / 880.6 steps/s). */
+static int mlp_variant(void) {
+    static int v = -1;
+    if (v < 0) v = (int)cuda_env_knob("VOXQ_CUDA_MLP_VARIANT", 0, 0, 2);
     return v;
 }
 static const int mlp_slices[3] = {256, 512, 256}, mlp_rings[3] = {3, 2, 4};
@@ -479,8 +481,7 @@ static cudaError_t launch_mlp_fmt(cuda_impl *c, int v, const mlp_args &a, size_t
 int cuda_mlp(eng_backend *be, eng_tensor *x, eng_tensor *act, const eng_weight *gate_up,
              const eng_weight *down, const eng_tensor *norm, float eps) {
     cuda_impl *c = cuda_of(be);
-    int v = mlp_forced_variant();
-    if (v < 0) v = mlp_shape_ok(c, 2, x, act, gate_up, down, norm) ? 2 : 0;
+    int v = mlp_variant();
     if (!mlp_shape_ok(c, v, x, act, gate_up, down, norm)) return ENG_EUNSUPPORTED;
     mlp_args a;
     a.wgu = (const unsigned char *)gate_up->data;
