@@ -40,6 +40,7 @@
  * SLICE + 64 bytes apart (alternate bank halves for the eight rows of one fragment load). */
 template <int SLICE, int RING> struct mlp_ring {
     static constexpr int ROW = SLICE + 64, SLOT = 16 * ROW, BYTES = RING * SLOT;
+    static_assert(RING <= 4, "mbarriers a warp (k_mlp's s_full)");
 };
 
 struct mlp_args {
@@ -49,7 +50,7 @@ struct mlp_args {
     const float *sd;          /* int8: [H]; int4: [H, F / group] */
     const float *norm;        /* [H] */
     float *x;                 /* [n, H]: read by phase A, += by phase B */
-    float *act;               /* [n, F] */
+    float *act;               /* scratch (n F floats): silu(gate) * up as bf16 [n][F] */
     unsigned long long *bar;  /* grid barrier: arrivals so far */
     float eps;
     int n, H, F, group;
@@ -201,29 +202,27 @@ __device__ __forceinline__ void mlp_stage(__nv_bfloat16 *xs, int stride, const f
     }
 }
 
-template <int FMT, int MLP_SLICE, int MLP_RING>
+template <int FMT, int SLICE, int RING>
 __global__ void __launch_bounds__(MLP_THREADS, 1) k_mlp(const mlp_args a) {
     constexpr int V = mma_fmt<FMT>::V, KW = 4 * V, PAD = mma_fmt<FMT>::PAD;
-    constexpr int KSTEPS = MLP_SLICE / 64; /* k-steps a slot (64 weight bytes a row each) */
-    constexpr int MLP_SLOT = mlp_ring<MLP_SLICE, MLP_RING>::SLOT;
-    constexpr int MLP_ROW_STRIDE = mlp_ring<MLP_SLICE, MLP_RING>::ROW;
+    constexpr int KSTEPS = SLICE / 64; /* k-steps a slot (64 weight bytes a row each) */
+    using R = mlp_ring<SLICE, RING>;
     extern __shared__ __align__(128) unsigned char smem[];
     __shared__ float s_ss[MLP_MAX_ROWS];
     __shared__ float4 s_red[MLP_WARPS][32];
     __shared__ __align__(8) uint64_t s_full[MLP_WARPS][4 + 1]; /* + the scales' */
     __shared__ __align__(8) uint64_t s_act;
-    static_assert(MLP_RING <= 4, "barriers a warp");
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int H = a.H, F = a.F, n = a.n;
     /* int4 group scales a row: all of H (phase A), this warp's eighth of F (phase B) */
     const int gpa = FMT == ENG_W_I4 ? H / a.group : 0, gpb = FMT == ENG_W_I4 ? F / 8 / a.group : 0;
     /* shared memory: the rings [warp][slot], the int4 scales [warp][16 rows of A, of B], staged
      * x / act */
-    unsigned char *ring = smem + (size_t)warp * MLP_RING * MLP_SLOT;
-    float *scA = (float *)(smem + (size_t)MLP_WARPS * MLP_RING * MLP_SLOT) +
+    unsigned char *ring = smem + (size_t)warp * R::BYTES;
+    float *scA = (float *)(smem + (size_t)MLP_WARPS * R::BYTES) +
                  (size_t)warp * 16 * (gpa + gpb);
     float *scB = scA + 16 * gpa;
-    __nv_bfloat16 *xs = (__nv_bfloat16 *)(smem + (size_t)MLP_WARPS * MLP_RING * MLP_SLOT +
+    __nv_bfloat16 *xs = (__nv_bfloat16 *)(smem + (size_t)MLP_WARPS * R::BYTES +
                                           (size_t)MLP_WARPS * 16 * (gpa + gpb) * 4);
     uint64_t *full = s_full[warp];
 
@@ -232,27 +231,27 @@ __global__ void __launch_bounds__(MLP_THREADS, 1) k_mlp(const mlp_args a) {
     /* weight bytes a row (64 a k-step in every format) */
     const int rba = H * 64 / KW, rbb = F * 64 / KW;
     const int mt = (int)blockIdx.x * MLP_WARPS + warp, mtb = (int)blockIdx.x;
-    const int SA = mt < F / 8 ? rba / MLP_SLICE : 0;
-    const int SB = mtb < H / 16 ? rbb / 8 / MLP_SLICE : 0, S = SA + SB;
+    const int SA = mt < F / 8 ? rba / SLICE : 0;
+    const int SB = mtb < H / 16 ? rbb / 8 / SLICE : 0, S = SA + SB;
     const int kb0 = warp * (rbb / 8 / 64); /* this warp's first k-step of down */
     /* Lane l < 16 copies slot row l: row l of the m-tile, 256 bytes at slice j of its range. */
     auto issue = [&](int j) {
-        uint64_t *bar = &full[j % MLP_RING];
+        uint64_t *bar = &full[j % RING];
         if (lane == 0) {
             asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-            mbar_expect(bar, 16 * MLP_SLICE);
+            mbar_expect(bar, 16 * SLICE);
         }
         __syncwarp();
         if (lane < 16) {
             const unsigned char *src;
             if (j < SA)
                 src = a.wgu + (size_t)(lane < 8 ? 8 * mt + lane : F + 8 * mt + lane - 8) * rba +
-                      (size_t)j * MLP_SLICE;
+                      (size_t)j * SLICE;
             else
                 src = a.wd + (size_t)(16 * mtb + lane) * rbb + (size_t)warp * (rbb / 8) +
-                      (size_t)(j - SA) * MLP_SLICE;
-            bulk_copy(ring + (size_t)(j % MLP_RING) * MLP_SLOT + lane * MLP_ROW_STRIDE, src,
-                      MLP_SLICE, bar);
+                      (size_t)(j - SA) * SLICE;
+            bulk_copy(ring + (size_t)(j % RING) * R::SLOT + lane * R::ROW, src,
+                      SLICE, bar);
         }
     };
 
@@ -261,25 +260,25 @@ __global__ void __launch_bounds__(MLP_THREADS, 1) k_mlp(const mlp_args a) {
     if (threadIdx.x < MLP_MAX_ROWS) s_ss[threadIdx.x] = 0.f;
     if (threadIdx.x == 0) mbar_init(&s_act, 1);
     if (lane == 0) {
-        for (int i = 0; i <= MLP_RING; i++) mbar_init(&full[i], 1);
+        for (int i = 0; i <= RING; i++) mbar_init(&full[i], 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncwarp();
     /* int4: this warp's group scales (16 rows of each phase) into shared memory, then the first
      * slots; all before waiting for the kernel in front (weights do not depend on it). */
     if (FMT == ENG_W_I4) {
-        if (lane == 0) mbar_expect(&full[MLP_RING], 16 * 4 * ((SA ? gpa : 0) + (SB ? gpb : 0)));
+        if (lane == 0) mbar_expect(&full[RING], 16 * 4 * ((SA ? gpa : 0) + (SB ? gpb : 0)));
         __syncwarp();
         if (lane < 16 && SA)
             bulk_copy(scA + lane * gpa,
                       a.sgu + (size_t)(lane < 8 ? 8 * mt + lane : F + 8 * mt + lane - 8) * gpa,
-                      4 * gpa, &full[MLP_RING]);
+                      4 * gpa, &full[RING]);
         if (lane >= 16 && SB)
             bulk_copy(scB + (lane - 16) * gpb,
                       a.sd + (size_t)(16 * mtb + lane - 16) * (F / a.group) + (size_t)warp * gpb,
-                      4 * gpb, &full[MLP_RING]);
+                      4 * gpb, &full[RING]);
     }
-    for (int j = 0; j < MLP_RING && j < S; j++) issue(j);
+    for (int j = 0; j < RING && j < S; j++) issue(j);
     float s_gate = 1.f, s_up = 1.f, s_down = 1.f;
     if (FMT == ENG_W_I8) {
         if (SA) {
@@ -295,19 +294,19 @@ __global__ void __launch_bounds__(MLP_THREADS, 1) k_mlp(const mlp_args a) {
     mlp_stage<FMT>(xs, stride_a, a.x, a.norm, s_ss, n, H);
     __syncthreads();
     trace_pt(a, 1);
-    if (FMT == ENG_W_I4) mbar_wait(&full[MLP_RING], 0);
+    if (FMT == ENG_W_I4) mbar_wait(&full[RING], 0);
 
     /* One slot: KSTEPS k-steps of rows g and g + 8 against staged column g, into two
      * accumulators by k-step parity (two mma chains in flight), then the slot is refilled
-     * MLP_RING slices on. ks0: the slot's first k-step in the staged x. */
+     * RING slices on. ks0: the slot's first k-step in the staged x. */
     auto run_slot = [&](float (*acc)[4], int j, int stride, int ks0, const float *scl, int scw,
                         int ksc0) {
-        mbar_wait(&full[j % MLP_RING], (unsigned)(j / MLP_RING) & 1u);
-        const unsigned char *sl = ring + (size_t)(j % MLP_RING) * MLP_SLOT;
+        mbar_wait(&full[j % RING], (unsigned)(j / RING) & 1u);
+        const unsigned char *sl = ring + (size_t)(j % RING) * R::SLOT;
 #pragma unroll
         for (int u = 0; u < KSTEPS; u++) {
-            uint4 wg = *(const uint4 *)(sl + g * MLP_ROW_STRIDE + u * 64 + t * 16);
-            uint4 wg8 = *(const uint4 *)(sl + (g + 8) * MLP_ROW_STRIDE + u * 64 + t * 16);
+            uint4 wg = *(const uint4 *)(sl + g * R::ROW + u * 64 + t * 16);
+            uint4 wg8 = *(const uint4 *)(sl + (g + 8) * R::ROW + u * 64 + t * 16);
             float sg = 1.f, sg8 = 1.f;
             if (FMT == ENG_W_I4) {
                 int gi = (ksc0 + u) * KW / a.group;
@@ -319,7 +318,7 @@ __global__ void __launch_bounds__(MLP_THREADS, 1) k_mlp(const mlp_args a) {
             mlp_kstep<FMT>(acc[u % 2], wg, wg8, sg, sg8, b);
         }
         __syncwarp();
-        if (j + MLP_RING < S) issue(j + MLP_RING);
+        if (j + RING < S) issue(j + RING);
     };
 
     /* Phase A: silu(gate) * up of m-tile mt into act. */
