@@ -29,6 +29,7 @@
  * against ~30 us for its two products, but in the step graph it gains nothing, since its blocks
  * cannot start beside the kernel in front (shared memory) and the products' programmatic
  * overlap is lost: int8 stays on the two products by default. */
+#include <cuda.h> /* CUtensorMap and its enums (types only; the encoder comes from the runtime) */
 #include <stdio.h>
 
 #include "engine/cuda/cuda_mma.cuh"
@@ -36,11 +37,17 @@
 #define MLP_WARPS 8
 #define MLP_THREADS (MLP_WARPS * 32)
 #define MLP_MAX_ROWS 4
-/* The ring of one warp: RING slots of 16 rows x SLICE weight bytes (SLICE / 64 k-steps), rows
- * SLICE + 64 bytes apart (alternate bank halves for the eight rows of one fragment load). */
-template <int SLICE, int RING> struct mlp_ring {
-    static constexpr int ROW = SLICE + 64, SLOT = 16 * ROW, BYTES = RING * SLOT;
+/* The ring of one warp: RING slots of 16 rows x SLICE weight bytes (SLICE / 64 k-steps).
+ * Copied a row at a time (TMAP = 0), rows are SLICE + 64 bytes apart (alternate bank halves for
+ * the eight rows of one fragment load). Copied by a 2D tensor map (TMAP = 1, SLICE = 256), a
+ * slot is two halves of [16 rows][128 bytes] with the 128-byte swizzle: 16-byte chunk c of row r
+ * lies at chunk c ^ (r % 8) of its row, so the eight rows of one fragment load hit eight
+ * different chunk columns; slots are then 1024-byte aligned. */
+template <int SLICE, int RING, int TMAP> struct mlp_ring {
+    static constexpr int ROW = TMAP ? 128 : SLICE + 64, SLOT = 16 * (TMAP ? SLICE : ROW);
+    static constexpr int BYTES = RING * SLOT;
     static_assert(RING <= 4, "mbarriers a warp (k_mlp's s_full)");
+    static_assert(!TMAP || SLICE == 256, "a tensor-map slot is two 128-byte halves");
 };
 
 struct mlp_args {
@@ -102,6 +109,16 @@ __device__ __forceinline__ void bulk_copy(void *dst, const void *src, unsigned b
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, "
                  "[%3];" ::"r"(smem_u32(dst)),
                  "l"(src), "r"(bytes), "r"(smem_u32(b))
+                 : "memory");
+}
+
+/* A 2D tile of the tensor map (box as encoded) at element (x, y) into shared memory (aligned as
+ * the map's swizzle needs), completing on mbarrier b. */
+__device__ __forceinline__ void tma_2d(void *dst, const CUtensorMap *map, int x, int y,
+                                       uint64_t *b) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+                 " [%0], [%1, {%2, %3}], [%4];" ::"r"(smem_u32(dst)),
+                 "l"((unsigned long long)map), "r"(x), "r"(y), "r"(smem_u32(b))
                  : "memory");
 }
 
@@ -202,11 +219,13 @@ __device__ __forceinline__ void mlp_stage(__nv_bfloat16 *xs, int stride, const f
     }
 }
 
-template <int FMT, int SLICE, int RING>
-__global__ void __launch_bounds__(MLP_THREADS, 1) k_mlp(const mlp_args a) {
+template <int FMT, int SLICE, int RING, int TMAP>
+__global__ void __launch_bounds__(MLP_THREADS, 1)
+k_mlp(const mlp_args a, const __grid_constant__ CUtensorMap tgu,
+      const __grid_constant__ CUtensorMap td) {
     constexpr int V = mma_fmt<FMT>::V, KW = 4 * V, PAD = mma_fmt<FMT>::PAD;
     constexpr int KSTEPS = SLICE / 64; /* k-steps a slot (64 weight bytes a row each) */
-    using R = mlp_ring<SLICE, RING>;
+    using R = mlp_ring<SLICE, RING, TMAP>;
     extern __shared__ __align__(128) unsigned char smem[];
     __shared__ float s_ss[MLP_MAX_ROWS];
     __shared__ float4 s_red[MLP_WARPS][32];
@@ -218,11 +237,12 @@ __global__ void __launch_bounds__(MLP_THREADS, 1) k_mlp(const mlp_args a) {
     const int gpa = FMT == ENG_W_I4 ? H / a.group : 0, gpb = FMT == ENG_W_I4 ? F / 8 / a.group : 0;
     /* shared memory: the rings [warp][slot], the int4 scales [warp][16 rows of A, of B], staged
      * x / act */
-    unsigned char *ring = smem + (size_t)warp * R::BYTES;
-    float *scA = (float *)(smem + (size_t)MLP_WARPS * R::BYTES) +
+    unsigned char *base = smem + (TMAP ? (1024 - (smem_u32(smem) & 1023)) & 1023 : 0);
+    unsigned char *ring = base + (size_t)warp * R::BYTES;
+    float *scA = (float *)(base + (size_t)MLP_WARPS * R::BYTES) +
                  (size_t)warp * 16 * (gpa + gpb);
     float *scB = scA + 16 * gpa;
-    __nv_bfloat16 *xs = (__nv_bfloat16 *)(smem + (size_t)MLP_WARPS * R::BYTES +
+    __nv_bfloat16 *xs = (__nv_bfloat16 *)(base + (size_t)MLP_WARPS * R::BYTES +
                                           (size_t)MLP_WARPS * 16 * (gpa + gpb) * 4);
     uint64_t *full = s_full[warp];
 
@@ -234,12 +254,31 @@ __global__ void __launch_bounds__(MLP_THREADS, 1) k_mlp(const mlp_args a) {
     const int SA = mt < F / 8 ? rba / SLICE : 0;
     const int SB = mtb < H / 16 ? rbb / 8 / SLICE : 0, S = SA + SB;
     const int kb0 = warp * (rbb / 8 / 64); /* this warp's first k-step of down */
-    /* Lane l < 16 copies slot row l: row l of the m-tile, 256 bytes at slice j of its range. */
+    /* Slice j of this warp's range into slot j % RING: with rows, lane l < 16 copies row l of the
+     * m-tile; with the tensor maps, lane 0 copies the two 128-byte halves (gate_up: its gate and
+     * its up rows as two boxes of 8, down: one box of 16). */
     auto issue = [&](int j) {
         uint64_t *bar = &full[j % RING];
         if (lane == 0) {
             asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
             mbar_expect(bar, 16 * SLICE);
+        }
+        if (TMAP) {
+            if (lane == 0) {
+                unsigned char *sl = ring + (size_t)(j % RING) * R::SLOT;
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    if (j < SA) {
+                        int xb = j * SLICE + h * 128;
+                        tma_2d(sl + h * 2048, &tgu, xb, 8 * mt, bar);
+                        tma_2d(sl + h * 2048 + 1024, &tgu, xb, F + 8 * mt, bar);
+                    } else {
+                        int xb = warp * (rbb / 8) + (j - SA) * SLICE + h * 128;
+                        tma_2d(sl + h * 2048, &td, xb, 16 * mtb, bar);
+                    }
+                }
+            }
+            return;
         }
         __syncwarp();
         if (lane < 16) {
@@ -305,8 +344,15 @@ __global__ void __launch_bounds__(MLP_THREADS, 1) k_mlp(const mlp_args a) {
         const unsigned char *sl = ring + (size_t)(j % RING) * R::SLOT;
 #pragma unroll
         for (int u = 0; u < KSTEPS; u++) {
-            uint4 wg = *(const uint4 *)(sl + g * R::ROW + u * 64 + t * 16);
-            uint4 wg8 = *(const uint4 *)(sl + (g + 8) * R::ROW + u * 64 + t * 16);
+            uint4 wg, wg8;
+            if (TMAP) { /* half u / 2, chunk (u % 2) 4 + t, swizzled by the row (g % 8 = g) */
+                const unsigned char *hp = sl + (u / 2) * 2048 + ((((u % 2) * 4 + t) ^ g) << 4);
+                wg = *(const uint4 *)(hp + g * 128);
+                wg8 = *(const uint4 *)(hp + (g + 8) * 128);
+            } else {
+                wg = *(const uint4 *)(sl + g * R::ROW + u * 64 + t * 16);
+                wg8 = *(const uint4 *)(sl + (g + 8) * R::ROW + u * 64 + t * 16);
+            }
             float sg = 1.f, sg8 = 1.f;
             if (FMT == ENG_W_I4) {
                 int gi = (ksc0 + u) * KW / a.group;
@@ -395,25 +441,68 @@ __global__ void __launch_bounds__(MLP_THREADS, 1) k_mlp(const mlp_args a) {
 }
 
 /* The ring shapes: 0 = 256-byte slices, 3 slots (default); 1 = 512-byte slices, 2 slots;
- * 2 = 256-byte slices, 4 slots. VOXQ_CUDA_MLP_VARIANT (read once; A/B timing) picks one. With 3
- * slots at 2 rows a block (~158 KB) fits beside the two k_mma blocks an SM of the product in front,
- * so it starts as soon as that kernel lets it; with 4 it waits for the SM to empty (H200, bf16
- * one sequence: 898.0 / 900.1 against 878.7 / 880.6 steps/s). */
+ * 2 = 256-byte slices, 4 slots; 3 and 4 = 256-byte slices copied by 2D tensor maps (one copy a
+ * 128-byte half of a slot instead of one a row), 3 and 4 slots. VOXQ_CUDA_MLP_VARIANT (read
+ * once; A/B timing) picks one. With 3 slots at 2 rows a block (~158 KB) fits beside the two k_mma
+ * blocks an SM of the product in front, so it starts as soon as that kernel lets it; with 4 it
+ * waits for the SM to empty (H200, bf16 one sequence: 898.0 / 900.1 against 878.7 / 880.6
+ * steps/s). The tensor-map variants have not run on a GPU yet (session 6). */
+#define MLP_VARIANTS 5
 static int mlp_variant(void) {
     static int v = -1;
-    if (v < 0) v = (int)cuda_env_knob("VOXQ_CUDA_MLP_VARIANT", 0, 0, 2);
+    if (v < 0) v = (int)cuda_env_knob("VOXQ_CUDA_MLP_VARIANT", 0, 0, MLP_VARIANTS - 1);
     return v;
 }
-static const int mlp_slices[3] = {256, 512, 256}, mlp_rings[3] = {3, 2, 4};
+static const int mlp_slices[MLP_VARIANTS] = {256, 512, 256, 256, 256};
+static const int mlp_rings[MLP_VARIANTS] = {3, 2, 4, 3, 4};
+static const int mlp_tmaps[MLP_VARIANTS] = {0, 0, 0, 1, 1};
 
-/* Shared memory of a launch of variant v: the rings, the int4 scales, the larger of the two
- * stagings (rows padded as mma_fmt pads them). */
+/* Shared memory of a launch of variant v: the rings (tensor maps: 1024-byte aligned, so 1 KB
+ * of slack), the int4 scales, the larger of the two stagings (rows padded as mma_fmt pads
+ * them). */
 static size_t mlp_smem(int v, int fmt, int64_t n, int64_t H, int64_t F, int group) {
-    int64_t ring = (int64_t)MLP_WARPS * mlp_rings[v] * 16 * (mlp_slices[v] + 64);
+    int64_t row = mlp_tmaps[v] ? mlp_slices[v] : mlp_slices[v] + 64;
+    int64_t ring = (int64_t)MLP_WARPS * mlp_rings[v] * 16 * row + (mlp_tmaps[v] ? 1024 : 0);
     int64_t scales = fmt == ENG_W_I4 ? MLP_WARPS * 16 * (H / group + F / 8 / group) * 4 : 0;
     int64_t pad = fmt == ENG_W_BF16 ? mma_fmt<ENG_W_BF16>::PAD : mma_fmt<ENG_W_I8>::PAD;
     int64_t stage = n * ((H > F ? H : F) + pad) * 2;
     return (size_t)(ring + scales + stage);
+}
+
+/* cuTensorMapEncodeTiled from the driver, through the runtime (no link to libcuda); NULL where
+ * the driver has none. */
+typedef CUresult (*tmap_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *,
+                                   const cuuint64_t *, const cuuint64_t *, const cuuint32_t *,
+                                   const cuuint32_t *, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                   CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+static tmap_encode_fn tmap_encoder(void) {
+    static tmap_encode_fn fn;
+    static int tried;
+    if (!tried) {
+        tried = 1;
+        void *p = NULL;
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000,
+                                             cudaEnableDefault, &q) == cudaSuccess &&
+            q == cudaDriverEntryPointSuccess)
+            fn = (tmap_encode_fn)p;
+    }
+    return fn;
+}
+
+/* A weight's bytes as a 2D tensor [rows][row_bytes] of bytes, read in boxes of box_rows rows x
+ * 128 bytes with the 128-byte swizzle. 0 on success. */
+static int tmap_rows(CUtensorMap *m, const void *data, int64_t row_bytes, int64_t rows,
+                     int box_rows) {
+    tmap_encode_fn fn = tmap_encoder();
+    if (!fn) return -1;
+    cuuint64_t dims[2] = {(cuuint64_t)row_bytes, (cuuint64_t)rows};
+    cuuint64_t strides[1] = {(cuuint64_t)row_bytes};
+    cuuint32_t box[2] = {128, (cuuint32_t)box_rows}, elem[2] = {1, 1};
+    CUresult r = fn(m, CU_TENSOR_MAP_DATA_TYPE_UINT8, 2, (void *)data, dims, strides, box, elem,
+                    CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                    CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    return r == CUDA_SUCCESS ? 0 : -1;
 }
 
 /* The formats the one-launch block takes: VOXQ_CUDA_MLP (read once; A/B timing) 0 = none,
@@ -457,23 +546,27 @@ static int mlp_shape_ok(const cuda_impl *c, int v, const eng_tensor *x, const en
     return mlp_smem(v, fmt, n, H, F, gu->group) + 8 * 1024 <= (size_t)optin;
 }
 
-template <int FMT, int SLICE, int RING>
-static cudaError_t launch_mlp(cuda_impl *c, const mlp_args &a, size_t smem) {
+template <int FMT, int SLICE, int RING, int TMAP>
+static cudaError_t launch_mlp(cuda_impl *c, const mlp_args &a, const CUtensorMap *tm,
+                              size_t smem) {
     static unsigned done;
-    cudaError_t e = smem_optin(k_mlp<FMT, SLICE, RING>, 227 * 1024 - 8 * 1024, &done);
+    cudaError_t e = smem_optin(k_mlp<FMT, SLICE, RING, TMAP>, 227 * 1024 - 8 * 1024, &done);
     if (e != cudaSuccess) return e;
     cudaLaunchAttribute attr[2];
     cudaLaunchConfig_t cfg = pdl_cluster_config(dim3((unsigned)c->sm_count), dim3(MLP_THREADS),
                                                 smem, c->stream, attr, 1);
-    return cudaLaunchKernelEx(&cfg, k_mlp<FMT, SLICE, RING>, a);
+    return cudaLaunchKernelEx(&cfg, k_mlp<FMT, SLICE, RING, TMAP>, a, tm[0], tm[1]);
 }
 
 template <int FMT>
-static cudaError_t launch_mlp_fmt(cuda_impl *c, int v, const mlp_args &a, size_t smem) {
+static cudaError_t launch_mlp_fmt(cuda_impl *c, int v, const mlp_args &a, const CUtensorMap *tm,
+                                  size_t smem) {
     switch (v) {
-    case 1: return launch_mlp<FMT, 512, 2>(c, a, smem);
-    case 2: return launch_mlp<FMT, 256, 4>(c, a, smem);
-    default: return launch_mlp<FMT, 256, 3>(c, a, smem);
+    case 1: return launch_mlp<FMT, 512, 2, 0>(c, a, tm, smem);
+    case 2: return launch_mlp<FMT, 256, 4, 0>(c, a, tm, smem);
+    case 3: return launch_mlp<FMT, 256, 3, 1>(c, a, tm, smem);
+    case 4: return launch_mlp<FMT, 256, 4, 1>(c, a, tm, smem);
+    default: return launch_mlp<FMT, 256, 3, 0>(c, a, tm, smem);
     }
 }
 
@@ -503,10 +596,20 @@ int cuda_mlp(eng_backend *be, eng_tensor *x, eng_tensor *act, const eng_weight *
         if (trace) cudaMemcpyToSymbol(g_mlp_trace, init, sizeof init);
     }
     a.trace = trace;
+    /* gate_up in boxes of 8 rows (its gate and its up half of an m-tile), down of 16 */
+    CUtensorMap tm[2];
+    memset(tm, 0, sizeof tm);
+    if (mlp_tmaps[v]) {
+        int64_t kw = gate_up->fmt == ENG_W_I4 ? 128 : gate_up->fmt == ENG_W_I8 ? 64 : 32;
+        if (tmap_rows(&tm[0], gate_up->data, a.H * 64 / kw, 2 * (int64_t)a.F, 8) ||
+            tmap_rows(&tm[1], down->data, a.F * 64 / kw, a.H, 16))
+            return eng_backend_fail(be, ENG_EDEVICE, "mlp: no tensor map for the weights "
+                                    "(VOXQ_CUDA_MLP_VARIANT=%d needs cuTensorMapEncodeTiled)", v);
+    }
     size_t smem = mlp_smem(v, gate_up->fmt, a.n, a.H, a.F, a.group);
-    cudaError_t e = gate_up->fmt == ENG_W_I8   ? launch_mlp_fmt<ENG_W_I8>(c, v, a, smem)
-                    : gate_up->fmt == ENG_W_I4 ? launch_mlp_fmt<ENG_W_I4>(c, v, a, smem)
-                                               : launch_mlp_fmt<ENG_W_BF16>(c, v, a, smem);
+    cudaError_t e = gate_up->fmt == ENG_W_I8   ? launch_mlp_fmt<ENG_W_I8>(c, v, a, tm, smem)
+                    : gate_up->fmt == ENG_W_I4 ? launch_mlp_fmt<ENG_W_I4>(c, v, a, tm, smem)
+                                               : launch_mlp_fmt<ENG_W_BF16>(c, v, a, tm, smem);
     if (e != cudaSuccess)
         return eng_backend_fail(be, ENG_EDEVICE, "mlp: launch: %s", cudaGetErrorString(e));
     return 0;

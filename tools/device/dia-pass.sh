@@ -20,8 +20,9 @@ for w in $what; do
          # the wide kernel's other variants (bf16 weights, 16 warps), off by default
          VOXQ_CUDA_WIDE_BF16=1 VOXQ_CUDA_WIDE_WN=4 $G/test_cuda_ops > "$OUT/test_cuda_ops_wide.log" 2>&1
          echo "test_cuda_ops (wide bf16, WN=4) rc=$? $(tail -1 $OUT/test_cuda_ops_wide.log)"
-         # the one-launch MLP block for int8 too (off by default) and with each ring shape
-         for v in "VOXQ_CUDA_MLP=2" "VOXQ_CUDA_MLP=2 VOXQ_CUDA_MLP_VARIANT=0"; do
+         # the one-launch MLP block for int8 too (off by default), and with the tensor-map rings
+         for v in "VOXQ_CUDA_MLP=2" "VOXQ_CUDA_MLP=2 VOXQ_CUDA_MLP_VARIANT=3" \
+                  "VOXQ_CUDA_MLP=2 VOXQ_CUDA_MLP_VARIANT=4"; do
            env $v $G/test_cuda_ops mlp_block_one_launch > "$OUT/test_cuda_mlp.log" 2>&1
            echo "test_cuda_ops mlp_block_one_launch ($v) rc=$? $(tail -1 $OUT/test_cuda_mlp.log)"
          done ;;
