@@ -482,10 +482,14 @@ static tmap_encode_fn tmap_encoder(void) {
         tried = 1;
         void *p = NULL;
         cudaDriverEntryPointQueryResult q;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000,
-                                             cudaEnableDefault, &q) == cudaSuccess &&
-            q == cudaDriverEntryPointSuccess)
-            fn = (tmap_encode_fn)p;
+#if CUDART_VERSION >= 12050 /* the versioned lookup; the plain one is deprecated from 13 */
+        cudaError_t e = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000,
+                                                         cudaEnableDefault, &q);
+#else
+        cudaError_t e = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &p, cudaEnableDefault,
+                                                &q);
+#endif
+        if (e == cudaSuccess && q == cudaDriverEntryPointSuccess) fn = (tmap_encode_fn)p;
     }
     return fn;
 }
