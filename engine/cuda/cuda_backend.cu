@@ -456,7 +456,7 @@ CUDA_EXTERN int eng_cuda_backend_create(eng_backend **out, int device, eng_error
         cudaMemset(c->att_count, 0, CUDA_ATT_COUNTERS * sizeof(int)) != cudaSuccess ||
         cuda_alloc(be, sizeof *c->grid_bar, (void **)&c->grid_bar) != 0 ||
         cudaMemset(c->grid_bar, 0, sizeof *c->grid_bar) != cudaSuccess) {
-        eng_errorf(err, ENG_EDEVICE, "attention workspace: %s", be->errstr);
+        eng_errorf(err, ENG_EDEVICE, "attention / grid barrier workspace: %s", be->errstr);
         cuda_destroy(be);
         return ENG_EDEVICE;
     }

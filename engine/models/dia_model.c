@@ -44,7 +44,7 @@ static int norm_linear(dia_model *m, eng_tensor *y, eng_tensor *x, eng_tensor *h
 }
 
 /* MLP block shared by encoder and decoder: x += down(silu(gate) * up) of rmsnorm(x). One kernel
- * where the backend has it (CUDA, 1-4 rows, int8/int4); fused backends otherwise do it in two
+ * where the backend has it (CUDA at 1-4 rows: k_mlp); fused backends otherwise do it in two
  * products (norm in the first one's loop, silu*up in its epilogue, the residual in the
  * second's); others compose norm -> gate_up -> silu*up -> down -> add. */
 static int mlp_block(dia_model *m, eng_tensor *x, eng_tensor *h, eng_tensor *gu, eng_tensor *act,
