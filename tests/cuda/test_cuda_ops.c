@@ -428,8 +428,9 @@ TEST(linear_tensor_core_graph_replay) {
 }
 
 /* eng_mlp (x += down . silu_mul(gate_up . rmsnorm(x))) on both backends for each row count in
- * ns: the CPU composes plain ops; CUDA must run its one-launch kernel (k_mlp: int8/int4, 1-4
- * rows) where `fused` says so, checked through the op itself, and composes elsewhere. rounds > 1:
+ * ns: the CPU composes plain ops; CUDA must run its one-launch kernel (k_mlp: 1-4 rows, the
+ * formats VOXQ_CUDA_MLP allows) where `fused` says so, checked through the op itself, and
+ * composes elsewhere. rounds > 1:
  * the CUDA side is captured once as a graph and replayed with new x (its grid barrier reused). */
 static void check_mlp(eng_wfmt fmt, int64_t H, int64_t F, const int64_t *ns, size_t count,
                       int rounds) {
@@ -488,8 +489,8 @@ static void check_mlp(eng_wfmt fmt, int64_t H, int64_t F, const int64_t *ns, siz
 
 /* The one-launch MLP block (engine/cuda/cuda_mlp.cu) on Dia's shapes (H 2048, F 8192: 128 down
  * m-tiles, 1024 gate_up m-tiles, the grid barrier between) and a smaller one (one ring slot a
- * warp in places), 1-4 rows, then row counts and a format it leaves to the two products; and
- * inside a graph replayed three times. */
+ * warp in places), 1-4 rows, then row counts it leaves to the two products (and int8 unless
+ * VOXQ_CUDA_MLP=2); and inside a graph replayed three times. */
 TEST(mlp_block_one_launch) {
     const int64_t ns[] = {1, 2, 3, 4, 5, 8};
     for (size_t f = 0; f < 3 && !test_failed_; f++) {
