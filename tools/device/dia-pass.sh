@@ -3,9 +3,12 @@
 # bf16/int8/int4 at 1/4/16/64 sequences), the peer baselines, and the full-size check against
 # transformers (engine on CPU with 16 threads, and on CUDA). Binaries from .devbuild/gpu
 # (tools/device/build-cuda.sh, then tools/device/stage.sh copies the binaries there).
-# Usage on the device: sh tools/device/dia-pass.sh [ops] [gemv] [steps] [ab] [profile] [tiny] [dac] [peers] [full] [quant]
+# Usage on the device: sh tools/device/dia-pass.sh [ops] [gemv] [steps] [ab] [mlp] [profile] [tiny] [dac] [peers] [full] [quant]
 # ab: the steps of AB_FMTS (default int8) at AB_SEQS (default 1,64) with the defaults and again
 #     with the environment in AB (say AB="VOXQ_CUDA_WIDE_WG=0"), same binary, one line each.
+# mlp: the one-launch MLP block (k_mlp) at one sequence: its phase trace for each ring variant in
+#     MLP_VARIANTS (default "0 3"), then steps/s of each variant per format, against the two
+#     products (VOXQ_CUDA_MLP=0); int8 through k_mlp with VOXQ_CUDA_MLP=2.
 set -u
 cd "$(dirname "$0")/../.."
 . tools/device/gpu-env.sh
@@ -44,6 +47,22 @@ print('ab $f [${v:-defaults}]', [(r['seqs'], round(r['ms_per_step'], 3), round(r
                                  for r in d['results']])"
           done
         done ;;
+    mlp) for v in ${MLP_VARIANTS:-0 3}; do
+           VOXQ_CUDA_MLP=2 VOXQ_CUDA_MLP_VARIANT=$v VOXQ_CUDA_MLP_TRACE=1 \
+             $G/test_cuda_ops mlp_block_one_launch > "$OUT/mlp_trace_$v.log" 2>&1
+           echo "variant $v: $(tail -1 "$OUT/mlp_trace_$v.log")"
+           grep "trace n=2" "$OUT/mlp_trace_$v.log" | tail -2
+         done
+         for f in bf16 int4 int8; do
+           for v in "VOXQ_CUDA_MLP=0" $(for m in ${MLP_VARIANTS:-0 3}; do echo "VOXQ_CUDA_MLP=2,VOXQ_CUDA_MLP_VARIANT=$m"; done); do
+             # shellcheck disable=SC2046
+             env $(echo "$v" | tr , ' ') $G/voxq-bench steps --random-full --fmt $f --seqs 1 --steps 64 \
+               --text-len 128 --device cuda 2>/dev/null | python3 -c "
+import json, sys
+d = json.load(sys.stdin)
+print('mlp $f [$v]', [(r['seqs'], round(r['ms_per_step'], 3), round(r['steps_per_s'], 1)) for r in d['results']])"
+           done
+         done ;;
     profile) for f in bf16 int8; do
              VOXQ_CUDA_PROFILE=1 $G/voxq-bench steps --random-full --fmt $f --seqs ${PROFILE_SEQS:-1,16} --steps 32 \
                --text-len 128 --device cuda > "$OUT/profile_$f.json" 2>"$OUT/profile_$f.err";
