@@ -435,6 +435,7 @@ CUDA_EXTERN int eng_cuda_backend_create(eng_backend **out, int device, eng_error
         return eng_errorf(err, ENG_EDEVICE, "CUDA setup: %s", cudaGetErrorString(e));
     }
     c->sm_count = prop.multiProcessorCount;
+    c->smem_optin = prop.sharedMemPerBlockOptin;
     if (cublasCreate(&c->cublas) != CUBLAS_STATUS_SUCCESS ||
         cublasSetStream(c->cublas, c->stream) != CUBLAS_STATUS_SUCCESS) {
         cudaStreamDestroy(c->stream);

@@ -30,6 +30,7 @@ typedef struct cuda_impl {
     cudaStream_t stream;
     cublasHandle_t cublas;
     int sm_count;
+    size_t smem_optin; /* shared memory a block may opt in to (cudaDeviceProp) */
     size_t allocated;
     size_t peak;
     /* Scratch for the large-n linear path: x converted to bf16, int8/int4 weights expanded to

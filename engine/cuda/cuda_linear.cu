@@ -364,15 +364,7 @@ __device__ __forceinline__ void mma_stage(__nv_bfloat16 *xs, float *s_ss, const 
                     v[j] *= nw[j];
                 }
             }
-            uint4 st;
-            if (FMT == ENG_W_I4) { /* x0 x4 x1 x5 x2 x6 x3 x7 */
-                st = make_uint4(pack_bf16(v[0], v[4]), pack_bf16(v[1], v[5]),
-                                pack_bf16(v[2], v[6]), pack_bf16(v[3], v[7]));
-            } else {
-                st = make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]),
-                                pack_bf16(v[4], v[5]), pack_bf16(v[6], v[7]));
-            }
-            *(uint4 *)(xs + col * C::STRIDE + kk) = st;
+            *(uint4 *)(xs + col * C::STRIDE + kk) = pack8_bf16<FMT>(v);
         }
         if (PRE == ENG_PRE_RMSNORM) {
             /* Lane l ends with the sum over lanes [l, 32) of its column; the first lane of each
@@ -526,22 +518,8 @@ k_mma(const lin_segs segs, const float *__restrict__ x, int n, int in, int group
                     uint4 v = xp[i];
                     b[4 * i] = v.x; b[4 * i + 1] = v.y; b[4 * i + 2] = v.z; b[4 * i + 3] = v.w;
                 }
-                if (FMT == ENG_W_I4) { /* one group: fresh fragment, then scale per row */
-                    float part[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-                    for (int i = 0; i < PAIRS / 2; i++)
-                        mma_bf16(part, p_g[2 * i], p_g8[2 * i], p_g[2 * i + 1], p_g8[2 * i + 1],
-                                 b[2 * i], b[2 * i + 1]);
-                    acc[j][0] = fmaf(part[0], c.sg[u], acc[j][0]);
-                    acc[j][1] = fmaf(part[1], c.sg[u], acc[j][1]);
-                    acc[j][2] = fmaf(part[2], c.sg8[u], acc[j][2]);
-                    acc[j][3] = fmaf(part[3], c.sg8[u], acc[j][3]);
-                } else {
-#pragma unroll
-                    for (int i = 0; i < PAIRS / 2; i++)
-                        mma_bf16(acc[j], p_g[2 * i], p_g8[2 * i], p_g[2 * i + 1], p_g8[2 * i + 1],
-                                 b[2 * i], b[2 * i + 1]);
-                }
+                mma_kstep<FMT>(acc[j], p_g, p_g8, FMT == ENG_W_I4 ? c.sg[u] : 1.f,
+                               FMT == ENG_W_I4 ? c.sg8[u] : 1.f, b);
             }
         }
     };

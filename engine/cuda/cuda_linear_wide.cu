@@ -116,14 +116,7 @@ k_wide_prep(__nv_bfloat16 *__restrict__ xb, const float *__restrict__ x,
 #pragma unroll
             for (int j = 0; j < 8; j++) v[j] *= r * nw[j];
         }
-        uint4 st;
-        if (FMT == ENG_W_I4) /* x0 x4 x1 x5 x2 x6 x3 x7 */
-            st = make_uint4(pack_bf16(v[0], v[4]), pack_bf16(v[1], v[5]), pack_bf16(v[2], v[6]),
-                            pack_bf16(v[3], v[7]));
-        else
-            st = make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]), pack_bf16(v[4], v[5]),
-                            pack_bf16(v[6], v[7]));
-        *(uint4 *)(xb + (size_t)row * in + k) = st;
+        *(uint4 *)(xb + (size_t)row * in + k) = pack8_bf16<FMT>(v);
     }
 }
 

@@ -165,22 +165,7 @@ __device__ __forceinline__ void mlp_kstep(float *acc, uint4 wg, uint4 wg8, float
     uint32_t p_g[PAIRS], p_g8[PAIRS];
     mma_fmt<FMT>::dequant(wg, p_g);
     mma_fmt<FMT>::dequant(wg8, p_g8);
-    if (FMT == ENG_W_I4) {
-        float part[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int i = 0; i < PAIRS / 2; i++)
-            mma_bf16(part, p_g[2 * i], p_g8[2 * i], p_g[2 * i + 1], p_g8[2 * i + 1], b[2 * i],
-                     b[2 * i + 1]);
-        acc[0] = fmaf(part[0], sg, acc[0]);
-        acc[1] = fmaf(part[1], sg, acc[1]);
-        acc[2] = fmaf(part[2], sg8, acc[2]);
-        acc[3] = fmaf(part[3], sg8, acc[3]);
-    } else {
-#pragma unroll
-        for (int i = 0; i < PAIRS / 2; i++)
-            mma_bf16(acc, p_g[2 * i], p_g8[2 * i], p_g[2 * i + 1], p_g8[2 * i + 1], b[2 * i],
-                     b[2 * i + 1]);
-    }
+    mma_kstep<FMT>(acc, p_g, p_g8, sg, sg8, b);
 }
 
 /* Stages rows [0, n) of src [n, len] (f32; times nw when given) as bf16 in the pair order of
@@ -208,14 +193,7 @@ __device__ __forceinline__ void mlp_stage(__nv_bfloat16 *xs, int stride, const f
             ss = warp_sum(ss);
             if (threadIdx.x % 32 == 0) atomicAdd(&s_ss[row], ss);
         }
-        uint4 st;
-        if (FMT == ENG_W_I4)
-            st = make_uint4(pack_bf16(v[0], v[4]), pack_bf16(v[1], v[5]), pack_bf16(v[2], v[6]),
-                            pack_bf16(v[3], v[7]));
-        else
-            st = make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]), pack_bf16(v[4], v[5]),
-                            pack_bf16(v[6], v[7]));
-        *(uint4 *)(xs + row * stride + k) = st;
+        *(uint4 *)(xs + row * stride + k) = pack8_bf16<FMT>(v);
     }
 }
 
@@ -543,11 +521,7 @@ static int mlp_shape_ok(const cuda_impl *c, int v, const eng_tensor *x, const en
             (H / gr) % 4 || (F / 8 / gr) % 4)
             return 0;
     }
-    int optin = 0;
-    if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c->device) !=
-        cudaSuccess)
-        return 0;
-    return mlp_smem(v, fmt, n, H, F, gu->group) + 8 * 1024 <= (size_t)optin;
+    return mlp_smem(v, fmt, n, H, F, gu->group) + 8 * 1024 <= c->smem_optin;
 }
 
 template <int FMT, int SLICE, int RING, int TMAP>

@@ -136,6 +136,41 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
     return *(uint32_t *)&h;
 }
+/* Eight consecutive inputs as one 16-byte word of bf16 pairs in the staging order of FMT (the
+ * pair order above k_mma): natural, or x0 x4 x1 x5 x2 x6 x3 x7 for int4. */
+template <int FMT> __device__ __forceinline__ uint4 pack8_bf16(const float *v) {
+    if (FMT == ENG_W_I4)
+        return make_uint4(pack_bf16(v[0], v[4]), pack_bf16(v[1], v[5]), pack_bf16(v[2], v[6]),
+                          pack_bf16(v[3], v[7]));
+    return make_uint4(pack_bf16(v[0], v[1]), pack_bf16(v[2], v[3]), pack_bf16(v[4], v[5]),
+                      pack_bf16(v[6], v[7]));
+}
+
+/* acc += one k-step of rows g (p_g) and g + 8 (p_g8), dequantized by mma_fmt, against the B
+ * words b of one n-tile. int4: the k-step is one group, so its mmas go to a fresh fragment that
+ * is scaled per row (sg, sg8) into acc. */
+template <int FMT>
+__device__ __forceinline__ void mma_kstep(float *acc, const uint32_t *p_g, const uint32_t *p_g8,
+                                          float sg, float sg8, const uint32_t *b) {
+    constexpr int PAIRS = mma_fmt<FMT>::V / 2;
+    if (FMT == ENG_W_I4) {
+        float part[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int i = 0; i < PAIRS / 2; i++)
+            mma_bf16(part, p_g[2 * i], p_g8[2 * i], p_g[2 * i + 1], p_g8[2 * i + 1], b[2 * i],
+                     b[2 * i + 1]);
+        acc[0] = fmaf(part[0], sg, acc[0]);
+        acc[1] = fmaf(part[1], sg, acc[1]);
+        acc[2] = fmaf(part[2], sg8, acc[2]);
+        acc[3] = fmaf(part[3], sg8, acc[3]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < PAIRS / 2; i++)
+            mma_bf16(acc, p_g[2 * i], p_g8[2 * i], p_g[2 * i + 1], p_g8[2 * i + 1], b[2 * i],
+                     b[2 * i + 1]);
+    }
+}
+
 /* The host side of a launch: count (1..LIN_MAX_SEGS) weights of one format, in and group that
  * share x, and the output of each. */
 typedef struct lin_set {
