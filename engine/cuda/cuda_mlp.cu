@@ -1,6 +1,6 @@
 /* cuda_mlp.cu - the decoder's MLP block in one launch at 1-4 rows of x (one sequence with CFG
  * is two): x += down . silu(gate) * up, [gate | up] = gate_up . rmsnorm(x); bf16, int8 or int4
- * weights (by default bf16 and int4: VOXQ_CUDA_MLP, below).
+ * weights (VOXQ_CUDA_MLP, below).
  *
  * As two products (k_mma / k_gemv, cuda_linear.cu) the block pays a kernel boundary between
  * gate_up and down, and down's weights start streaming only after it. Here one block per SM does
@@ -25,10 +25,9 @@
  * 128-input k-step), silu(gate) * up rounded to bf16 for down. A slot row is 256 bytes padded to
  * 320, so the eight rows of one fragment load fall in alternate halves of the banks.
  *
- * Measured (H200, docs/perf-notes.md, session 6): the int8 Dia block takes ~18 us alone (ncu)
- * against ~30 us for its two products, but in the step graph it gains nothing, since its blocks
- * cannot start beside the kernel in front (shared memory) and the products' programmatic
- * overlap is lost: int8 stays on the two products by default. */
+ * Measured (H200, docs/perf-notes.md, sessions 6-7): the int8 Dia block takes ~16.5 us alone
+ * with tensor-map rings (ncu: ~30 us for its two products); one sequence, steps/s against the
+ * two products: bf16 894 / 830, int8 947 / 926, int4 1009 / 956. */
 #include <cuda.h> /* CUtensorMap and its enums (types only; the encoder comes from the runtime) */
 #include <stdio.h>
 
@@ -424,11 +423,13 @@ k_mlp(const mlp_args a, const __grid_constant__ CUtensorMap tgu,
  * once; A/B timing) picks one. With 3 slots at 2 rows a block (~158 KB) fits beside the two k_mma
  * blocks an SM of the product in front, so it starts as soon as that kernel lets it; with 4 it
  * waits for the SM to empty (H200, bf16 one sequence: 898.0 / 900.1 against 878.7 / 880.6
- * steps/s). The tensor-map variants have not run on a GPU yet (session 6). */
+ * steps/s). The tensor-map variants (3, the default, and 4) cut the copies a slot from 16 to 4:
+ * one sequence int8 947 / 948 steps/s against 914 with variant 0, int4 1009 / 997 against 974,
+ * bf16 894 against 897 (session 7, one call). */
 #define MLP_VARIANTS 5
 static int mlp_variant(void) {
     static int v = -1;
-    if (v < 0) v = (int)cuda_env_knob("VOXQ_CUDA_MLP_VARIANT", 0, 0, MLP_VARIANTS - 1);
+    if (v < 0) v = (int)cuda_env_knob("VOXQ_CUDA_MLP_VARIANT", 3, 0, MLP_VARIANTS - 1);
     return v;
 }
 static const int mlp_slices[MLP_VARIANTS] = {256, 512, 256, 256, 256};
@@ -488,10 +489,10 @@ static int tmap_rows(CUtensorMap *m, const void *data, int64_t row_bytes, int64_
 }
 
 /* The formats the one-launch block takes: VOXQ_CUDA_MLP (read once; A/B timing) 0 = none,
- * 1 = bf16 and int4 (default), 2 = every format. */
+ * 1 = bf16 and int4, 2 = every format (default). */
 static int mlp_fmt_on(int fmt) {
     static int mode = -1;
-    if (mode < 0) mode = (int)cuda_env_knob("VOXQ_CUDA_MLP", 1, 0, 2);
+    if (mode < 0) mode = (int)cuda_env_knob("VOXQ_CUDA_MLP", 2, 0, 2);
     if (fmt != ENG_W_BF16 && fmt != ENG_W_I8 && fmt != ENG_W_I4) return 0;
     return mode == 2 || (mode == 1 && fmt != ENG_W_I8);
 }

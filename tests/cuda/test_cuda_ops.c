@@ -448,7 +448,7 @@ static void check_mlp(eng_wfmt fmt, int64_t H, int64_t F, const int64_t *ns, siz
     int bad = 0;
     for (size_t k = 0; k < count && !bad; k++) {
         int64_t n = ns[k], xs[2] = {n, H}, as[2] = {n, F}, gs[2] = {n, 2 * F};
-        long mode = policy_knob("VOXQ_CUDA_MLP", 1, 0, 2); /* 1: bf16 and int4, 2: all */
+        long mode = policy_knob("VOXQ_CUDA_MLP", 2, 0, 2); /* 1: bf16 and int4, 2: all */
         int fused = n <= 4 && (mode == 2 || (mode == 1 && fmt != ENG_W_I8));
         float *x = rand_array((size_t)(n * H), 2.0f);
         pair px = make_pair(x, ENG_DT_F32, 2, xs), pa = make_pair(NULL, ENG_DT_F32, 2, as);
