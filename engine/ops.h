@@ -68,30 +68,6 @@ typedef struct eng_linear_args {
     int post;
 } eng_linear_args;
 
-/* One stage of eng_chain, on the chain's residual stream x [n, H] (F32):
- *   ENG_STAGE_ADD:  x += in . w[0]^T (in F32 [n, w[0]->in], w[0]->out == H);
- *   ENG_STAGE_NORM: out[i] = rmsnorm(x; norm, eps) . w[i]^T for i < nw (1-3: q, k and v);
- *   ENG_STAGE_MLP:  x += w[1] . silu_mul(w[0] . rmsnorm(x; norm, eps)) (w[0] gate_up [2F, H],
- *                   gate rows then up rows; w[1] down [H, F]).
- * Each stage sees every earlier stage's writes. */
-typedef enum { ENG_STAGE_ADD, ENG_STAGE_NORM, ENG_STAGE_MLP } eng_stage_kind;
-#define ENG_STAGE_MAX_W 3
-typedef struct eng_stage {
-    eng_stage_kind kind;
-    int nw;                               /* NORM: weights (and outputs) */
-    const eng_weight *w[ENG_STAGE_MAX_W]; /* see above */
-    const eng_tensor *in;                 /* ADD */
-    eng_tensor *out[ENG_STAGE_MAX_W];     /* NORM: F32 [n, w[i]->out] */
-    const eng_tensor *norm;               /* NORM, MLP: F32 [H] */
-    float eps;
-} eng_stage;
-
-/* The scratch a composed chain runs through: h [n, H], tmp [n, H], gu [n, 2F] and act [n, F]
- * (F: the largest MLP stage's; NULL where no stage needs them). */
-typedef struct eng_chain_scratch {
-    eng_tensor *h, *tmp, *gu, *act;
-} eng_chain_scratch;
-
 /* One sequence's sampling parameters for the sample op (spec 6.2 of shared/spec/dia.md, in
  * transformers' order). A plain struct, uploaded as bytes: an array of them is a U8 tensor. */
 typedef struct eng_sample_seq {
@@ -204,11 +180,11 @@ typedef struct eng_backend_ops {
     int (*linear_group)(eng_backend *be, int count, eng_tensor *const *y, const eng_tensor *x,
                         const eng_weight *const *w, const struct eng_linear_args *a);
 
-    /* Optional: a chain of residual products at a few rows (see eng_chain) in one pass, act an
-     * F32 scratch of [n, F] for an MLP stage. ENG_EUNSUPPORTED (nothing run, no error recorded)
-     * where the backend has no kernel for the chain: eng_chain composes it. */
-    int (*chain)(eng_backend *be, eng_tensor *x, int count, const struct eng_stage *st,
-                 eng_tensor *act);
+    /* Optional pre-norm MLP block in one pass (see eng_mlp): x += down . silu_mul(gate_up .
+     * rmsnorm(x)), act [n, down->in] F32 scratch. ENG_EUNSUPPORTED (nothing run, no error
+     * recorded) where the backend has no kernel for the shapes: eng_mlp composes. */
+    int (*mlp)(eng_backend *be, eng_tensor *x, eng_tensor *act, const eng_weight *gate_up,
+               const eng_weight *down, const eng_tensor *norm, float eps);
 
     /* Optional fused rope + kv_write (NULL: eng_rope_kv_write composes them). */
     int (*rope_kv_write)(eng_backend *be, eng_tensor *q, eng_tensor *k, const eng_tensor *v,
@@ -276,16 +252,10 @@ int eng_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng
 int eng_linear_group(eng_backend *be, int count, eng_tensor *const *y, const eng_tensor *x,
                      const eng_weight *const *w, const eng_linear_args *a);
 
-/* The stages st[0..count) in order (see eng_stage): one kernel where the backend has it for
- * the whole chain, else each stage alone, as one kernel where the backend has it, else as the
- * fused products through the scratch s (after a one-kernel stage or chain the scratch's
- * contents are unspecified). */
-int eng_chain(eng_backend *be, eng_tensor *x, int count, const eng_stage *st,
-              const eng_chain_scratch *s);
-
 /* The pre-norm MLP block: x += down . silu_mul(gate_up . rmsnorm(x, norm, eps)) for x [n, H],
- * gate_up [2F, H] (gate rows, then up rows), down [H, F]: a chain of one ENG_STAGE_MLP, the
- * scratch act [n, F], h [n, H], gu [n, 2F], tmp [n, H]. */
+ * gate_up [2F, H] (gate rows, then up rows), down [H, F]. One kernel where the backend has it
+ * for the shapes, else two fused products through the scratch act [n, F] (silu_mul's output;
+ * with one kernel its contents afterwards are unspecified), h [n, H], gu [n, 2F], tmp [n, H]. */
 int eng_mlp(eng_backend *be, eng_tensor *x, eng_tensor *act, const eng_weight *gate_up,
             const eng_weight *down, const eng_tensor *norm, float eps, eng_tensor *h,
             eng_tensor *gu, eng_tensor *tmp);

@@ -54,49 +54,18 @@ int eng_linear_group(eng_backend *be, int count, eng_tensor *const *y, const eng
     return 0;
 }
 
-/* One stage as the fused products (norm in the first product's loop, silu_mul in its
- * epilogue, the residual add in the last one's). */
-static int stage_composed(eng_backend *be, eng_tensor *x, const eng_stage *st,
-                          const eng_chain_scratch *s) {
-    eng_linear_args add = {ENG_PRE_NONE, NULL, 0.f, 1, NULL, s->tmp, ENG_POST_NONE};
-    switch (st->kind) {
-    case ENG_STAGE_ADD: return eng_linear_ex(be, x, st->in, st->w[0], &add);
-    case ENG_STAGE_NORM: {
-        eng_linear_args a = {ENG_PRE_RMSNORM, st->norm, st->eps, 0, s->h, NULL, ENG_POST_NONE};
-        return eng_linear_group(be, st->nw, st->out, x, st->w, &a);
-    }
-    case ENG_STAGE_MLP: {
-        eng_linear_args a = {ENG_PRE_RMSNORM, st->norm, st->eps, 0, s->h, s->gu,
-                             ENG_POST_SILU_MUL};
-        int rc = eng_linear_ex(be, s->act, x, st->w[0], &a);
-        return rc ? rc : eng_linear_ex(be, x, s->act, st->w[1], &add);
-    }
-    }
-    return eng_backend_fail(be, ENG_EINVAL, "chain: unknown stage kind %d", (int)st->kind);
-}
-
-int eng_chain(eng_backend *be, eng_tensor *x, int count, const eng_stage *st,
-              const eng_chain_scratch *s) {
-    if (be->ops->chain) {
-        int rc = be->ops->chain(be, x, count, st, s->act);
-        if (rc != ENG_EUNSUPPORTED) return rc;
-    }
-    /* declined as a whole: each stage alone, as one kernel where the backend takes it */
-    for (int i = 0; i < count; i++) {
-        int rc = count > 1 && be->ops->chain ? be->ops->chain(be, x, 1, &st[i], s->act)
-                                             : ENG_EUNSUPPORTED;
-        if (rc == ENG_EUNSUPPORTED) rc = stage_composed(be, x, &st[i], s);
-        if (rc) return rc;
-    }
-    return 0;
-}
-
 int eng_mlp(eng_backend *be, eng_tensor *x, eng_tensor *act, const eng_weight *gate_up,
             const eng_weight *down, const eng_tensor *norm, float eps, eng_tensor *h,
             eng_tensor *gu, eng_tensor *tmp) {
-    eng_stage st = {ENG_STAGE_MLP, 2, {gate_up, down, NULL}, NULL, {NULL}, norm, eps};
-    eng_chain_scratch s = {h, tmp, gu, act};
-    return eng_chain(be, x, 1, &st, &s);
+    if (be->ops->mlp) {
+        int rc = be->ops->mlp(be, x, act, gate_up, down, norm, eps);
+        if (rc != ENG_EUNSUPPORTED) return rc;
+    }
+    eng_linear_args a = {ENG_PRE_RMSNORM, norm, eps, 0, h, gu, ENG_POST_SILU_MUL};
+    int rc = eng_linear_ex(be, act, x, gate_up, &a);
+    if (rc) return rc;
+    eng_linear_args d = {ENG_PRE_NONE, NULL, 0.f, 1, NULL, tmp, ENG_POST_NONE};
+    return eng_linear_ex(be, x, act, down, &d);
 }
 
 int eng_rope_kv_write(eng_backend *be, eng_tensor *q, eng_tensor *k, const eng_tensor *v,

@@ -368,7 +368,7 @@ static eng_backend_ops make_ops(void) {
     o.linear = cuda_linear;
     o.linear_ex = cuda_linear_ex;
     o.linear_group = cuda_linear_group;
-    o.chain = cuda_chain;
+    o.mlp = cuda_mlp;
     o.rmsnorm = cuda_rmsnorm;
     o.add = cuda_add;
     o.rope = cuda_rope;

@@ -124,9 +124,10 @@ int cuda_rope_kv_write(eng_backend *be, eng_tensor *q, eng_tensor *k, const eng_
 int cuda_rope_attention(eng_backend *be, eng_tensor *out, eng_tensor *q, eng_tensor *k,
                         const eng_tensor *v, const eng_tensor *pos, float theta, eng_kv *kv,
                         const eng_tensor *slot, const eng_tensor *len, float scale);
-/* A chain of residual products (eng_chain) in one launch where it applies (cuda_chain.cu);
- * ENG_EUNSUPPORTED, with nothing launched, where it does not. */
-int cuda_chain(eng_backend *be, eng_tensor *x, int count, const eng_stage *st, eng_tensor *act);
+/* The decoder's MLP block in one launch where it applies (cuda_mlp.cu); ENG_EUNSUPPORTED,
+ * with nothing launched, where it does not. */
+int cuda_mlp(eng_backend *be, eng_tensor *x, eng_tensor *act, const eng_weight *gate_up,
+             const eng_weight *down, const eng_tensor *norm, float eps);
 int cuda_silu_mul(eng_backend *be, eng_tensor *y, const eng_tensor *gu);
 int cuda_embed_sum(eng_backend *be, eng_tensor *y, const eng_tensor *table, const eng_tensor *ids,
                    int channel_stride);

@@ -11,12 +11,12 @@
 #include "engine/cuda/cuda_internal.h"
 
 enum {
-    P_LINEAR, P_LINEAR_NORM, P_LINEAR_NORM_SILU, P_LINEAR_ACC, P_LINEAR_SILU_ACC, P_LINEAR_OTHER, P_CHAIN, P_RMSNORM, P_ADD,
+    P_LINEAR, P_LINEAR_NORM, P_LINEAR_NORM_SILU, P_LINEAR_ACC, P_LINEAR_SILU_ACC, P_LINEAR_OTHER, P_MLP, P_RMSNORM, P_ADD,
     P_ROPE, P_SILU, P_EMBED, P_KV_WRITE, P_ATTENTION, P_CONV1D, P_CONVT, P_SNAKE, P_TANH, P_SAMPLE, P_COUNT
 };
 static const char *p_names[P_COUNT] = {
     "linear", "linear+rmsnorm", "linear+rmsnorm+silu_mul", "linear+residual", "linear+silu_mul+residual", "linear(other fused)",
-    "chain", "rmsnorm", "add", "rope", "silu_mul", "embed_sum", "kv_write", "attention", "conv1d",
+    "mlp block", "rmsnorm", "add", "rope", "silu_mul", "embed_sum", "kv_write", "attention", "conv1d",
     "conv_transpose1d", "snake", "tanh", "sample"};
 
 typedef struct prof_state {
@@ -65,11 +65,11 @@ static int p_linear_ex(eng_backend *be, eng_tensor *y, const eng_tensor *x, cons
     begin(be);
     return end(be, kind, cuda_linear_ex(be, y, x, w, a));
 }
-static int p_chain(eng_backend *be, eng_tensor *x, int count, const eng_stage *st,
-                   eng_tensor *act) {
+static int p_mlp(eng_backend *be, eng_tensor *x, eng_tensor *act, const eng_weight *gu,
+                 const eng_weight *down, const eng_tensor *norm, float eps) {
     begin(be);
-    int rc = cuda_chain(be, x, count, st, act);
-    return rc == ENG_EUNSUPPORTED ? rc : end(be, P_CHAIN, rc); /* composed: profiled as its parts */
+    int rc = cuda_mlp(be, x, act, gu, down, norm, eps);
+    return rc == ENG_EUNSUPPORTED ? rc : end(be, P_MLP, rc); /* composed: profiled as its parts */
 }
 static int p_rmsnorm(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *wt,
                      float eps) {
@@ -131,7 +131,7 @@ static int p_sample(eng_backend *be, eng_tensor *picks, eng_tensor *scores,
 void cuda_profile_install(eng_backend_ops *o) {
     o->linear = p_linear;
     o->linear_ex = p_linear_ex;
-    o->chain = p_chain;
+    o->mlp = p_mlp;
     o->rmsnorm = p_rmsnorm;
     o->add = p_add;
     o->rope = p_rope;

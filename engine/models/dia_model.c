@@ -187,43 +187,30 @@ static int decoder_ops(dia_model *m, int rows, eng_error *err) {
     eng_tensor xlen = idx(w->xlen, n);
 
     OP(eng_embed_sum(m->be, &x, &m->dec_embed, &ids, c->dec_vocab), "decoder embedding", -1);
-    eng_chain_scratch cs = {&h, &tmp, &gu, &act};
-    eng_tensor *qkv[3] = {&q, &k, &v};
     for (int l = 0; l < c->dec_layers; l++) {
-        dia_dec_layer *L = &m->dec[l], *next = l + 1 < c->dec_layers ? &m->dec[l + 1] : NULL;
-        /* self-attention over this row's cache, RoPE at the frame's position, GQA; q/k/v of
-         * layers after the first come from the chain that ends the layer before */
-        if (l == 0) {
-            const eng_weight *wqkv[3] = {&L->sa_q, &L->sa_k, &L->sa_v};
-            eng_linear_args na = {ENG_PRE_RMSNORM, &L->pre_sa_norm, c->dec_norm_eps, 0, &h, NULL,
-                                  ENG_POST_NONE};
-            OP(eng_linear_group(m->be, 3, qkv, &x, wqkv, &na), "self q/k/v_proj", l);
-        }
+        dia_dec_layer *L = &m->dec[l];
+        /* self-attention over this row's cache, RoPE at the frame's position, GQA */
+        eng_tensor *qkv[3] = {&q, &k, &v};
+        const eng_weight *wqkv[3] = {&L->sa_q, &L->sa_k, &L->sa_v};
+        eng_linear_args na = {ENG_PRE_RMSNORM, &L->pre_sa_norm, c->dec_norm_eps, 0, &h, NULL,
+                              ENG_POST_NONE};
+        OP(eng_linear_group(m->be, 3, qkv, &x, wqkv, &na), "self q/k/v_proj", l);
         OP(eng_rope_attention(m->be, &att3, &q3, &k3, &v3, &pos, c->dec_rope_theta, &L->self_kv,
                               &slot, &len, 1.0f),
            "self rope + K/V write + attention", l);
-        /* o_proj into x, then cross q of rmsnorm(x): one chain (one kernel where it can) */
-        eng_stage sa[2] = {
-            {ENG_STAGE_ADD, 1, {&L->sa_o, NULL, NULL}, &att, {NULL}, NULL, 0.f},
-            {ENG_STAGE_NORM, 1, {&L->ca_q, NULL, NULL}, NULL, {&xq, NULL, NULL}, &L->pre_ca_norm,
-             c->dec_norm_eps},
-        };
-        OP(eng_chain(m->be, &x, 2, sa, &cs), "self o_proj + cross q_proj", l);
+        int rc = linear_add(m, &x, &tmp, &att, &L->sa_o, "self o_proj", l, err);
         /* cross-attention over the row's prompt (cond or unconditional), no RoPE */
+        if (!rc)
+            rc = norm_linear(m, &xq, &x, &h, &L->pre_ca_norm, c->dec_norm_eps, &L->ca_q,
+                             "cross q_proj", l, err);
+        if (rc) return rc;
         OP(eng_attention(m->be, &xatt3, &xq3, &L->cross_kv, &slot, &xlen, NULL, 1.0f),
            "cross attention", l);
-        /* cross o_proj, the MLP block, and the next layer's q/k/v: one chain */
-        eng_stage ca[3] = {
-            {ENG_STAGE_ADD, 1, {&L->ca_o, NULL, NULL}, &xatt, {NULL}, NULL, 0.f},
-            {ENG_STAGE_MLP, 2, {&L->gate_up, &L->down, NULL}, NULL, {NULL}, &L->pre_mlp_norm,
-             c->dec_norm_eps},
-            {ENG_STAGE_NORM, 3, {NULL, NULL, NULL}, NULL, {&q, &k, &v}, NULL, c->dec_norm_eps},
-        };
-        if (next) {
-            ca[2].w[0] = &next->sa_q, ca[2].w[1] = &next->sa_k, ca[2].w[2] = &next->sa_v;
-            ca[2].norm = &next->pre_sa_norm;
-        }
-        OP(eng_chain(m->be, &x, next ? 3 : 2, ca, &cs), "cross o_proj + mlp block", l);
+        rc = linear_add(m, &x, &tmp, &xatt, &L->ca_o, "cross o_proj", l, err);
+        if (!rc)
+            rc = mlp_block(m, &x, &h, &gu, &act, &tmp, &L->pre_mlp_norm, c->dec_norm_eps,
+                           &L->gate_up, &L->down, l, err);
+        if (rc) return rc;
     }
     int rc = norm_linear(m, &logits, &x, &h, &m->dec_norm, c->dec_norm_eps, &m->logits_w,
                          "logits_dense", -1, err);

@@ -428,17 +428,16 @@ TEST(linear_tensor_core_graph_replay) {
 }
 
 /* eng_mlp (x += down . silu_mul(gate_up . rmsnorm(x))) on both backends for each row count in
- * ns: the CPU composes plain ops; CUDA must run its one-kernel chain (one ENG_STAGE_MLP stage,
- * engine/cuda/cuda_chain.cu: 1-4 rows unless VOXQ_CUDA_CHAIN=0) where `fused` says so, checked
- * through the op itself, and composes elsewhere. rounds > 1: the CUDA side is captured once as
- * a graph and replayed with new x (its grid barrier reused). */
+ * ns: the CPU composes plain ops; CUDA must run its one-launch kernel (k_mlp: 1-4 rows, the
+ * formats VOXQ_CUDA_MLP allows) where `fused` says so, checked through the op itself, and
+ * composes elsewhere. rounds > 1:
+ * the CUDA side is captured once as a graph and replayed with new x (its grid barrier reused). */
 static void check_mlp(eng_wfmt fmt, int64_t H, int64_t F, const int64_t *ns, size_t count,
                       int rounds) {
     void *og, *od;
     float *sg, *sd;
     eng_weight hg = make_host_weight(fmt, 2 * F, H, &og, &sg), hd = make_host_weight(fmt, H, F, &od, &sd);
     eng_weight gc, gg, dc, dg;
-    ASSERT_TRUE(gpu->ops->chain != NULL);
     ASSERT_OK(cpu->ops->weight_load(cpu, &hg, &gc));
     ASSERT_OK(gpu->ops->weight_load(gpu, &hg, &gg));
     ASSERT_OK(cpu->ops->weight_load(cpu, &hd, &dc));
@@ -449,14 +448,14 @@ static void check_mlp(eng_wfmt fmt, int64_t H, int64_t F, const int64_t *ns, siz
     int bad = 0;
     for (size_t k = 0; k < count && !bad; k++) {
         int64_t n = ns[k], xs[2] = {n, H}, as[2] = {n, F}, gs[2] = {n, 2 * F};
-        int fused = n <= 4 && policy_knob("VOXQ_CUDA_CHAIN", 1, 0, 3) != 0; /* a lone MLP */
+        long mode = policy_knob("VOXQ_CUDA_MLP", 2, 0, 2); /* 1: bf16 and int4, 2: all */
+        int fused = n <= 4 && (mode == 2 || (mode == 1 && fmt != ENG_W_I8));
         float *x = rand_array((size_t)(n * H), 2.0f);
         pair px = make_pair(x, ENG_DT_F32, 2, xs), pa = make_pair(NULL, ENG_DT_F32, 2, as);
         pair ph = make_pair(NULL, ENG_DT_F32, 2, xs), pt = make_pair(NULL, ENG_DT_F32, 2, xs);
         pair pg = make_pair(NULL, ENG_DT_F32, 2, gs);
         if (rounds > 1) ASSERT_OK(gpu->ops->graph_begin(gpu));
-        eng_stage stage = {ENG_STAGE_MLP, 2, {&gg, &dg, NULL}, NULL, {NULL}, &pn.g, 1e-5f};
-        int rc = gpu->ops->chain(gpu, &px.g, 1, &stage, &pa.g);
+        int rc = gpu->ops->mlp(gpu, &px.g, &pa.g, &gg, &dg, &pn.g, 1e-5f);
         if (!fused) {
             ASSERT_EQ(rc, ENG_EUNSUPPORTED);
             rc = eng_mlp(gpu, &px.g, &pa.g, &gg, &dg, &pn.g, 1e-5f, &ph.g, &pg.g, &pt.g);
@@ -488,173 +487,16 @@ static void check_mlp(eng_wfmt fmt, int64_t H, int64_t F, const int64_t *ns, siz
     ASSERT_EQ(bad, 0);
 }
 
-/* The MLP block as a one-kernel chain (engine/cuda/cuda_chain.cu) on Dia's shapes (H 2048,
- * F 8192: 128 down m-tiles, 1024 gate_up m-tiles, the grid barrier between) and a smaller one
- * (one ring slot a warp in places), 1-4 rows, then row counts it leaves to the two products;
- * and inside a graph replayed three times. */
+/* The one-launch MLP block (engine/cuda/cuda_mlp.cu) on Dia's shapes (H 2048, F 8192: 128 down
+ * m-tiles, 1024 gate_up m-tiles, the grid barrier between) and a smaller one (one ring slot a
+ * warp in places), 1-4 rows, then row counts it leaves to the two products (and int8 unless
+ * VOXQ_CUDA_MLP=2); and inside a graph replayed three times. */
 TEST(mlp_block_one_launch) {
     const int64_t ns[] = {1, 2, 3, 4, 5, 8};
     for (size_t f = 0; f < 3 && !test_failed_; f++) {
         check_mlp(all_fmts[f], 2048, 8192, ns, 6, 1);
         if (!test_failed_) check_mlp(all_fmts[f], 512, 4096, ns, 6, 1);
         if (!test_failed_) check_mlp(all_fmts[f], 2048, 8192, ns + 1, 1, 3);
-    }
-}
-
-/* A random weight of one format loaded on both backends; the host buffers live until
- * free_wpair (the CPU reads weights where they lie). */
-typedef struct wpair {
-    eng_weight c, g;
-    void *owned;
-    float *scales;
-} wpair;
-
-static int load_wpair(wpair *w, eng_wfmt fmt, int64_t out, int64_t in) {
-    eng_weight host = make_host_weight(fmt, out, in, &w->owned, &w->scales);
-    memset(&w->c, 0, sizeof w->c);
-    memset(&w->g, 0, sizeof w->g);
-    int rc = cpu->ops->weight_load(cpu, &host, &w->c);
-    return rc ? rc : gpu->ops->weight_load(gpu, &host, &w->g);
-}
-static void free_wpair(wpair *w) {
-    cpu->ops->weight_release(cpu, &w->c);
-    gpu->ops->weight_release(gpu, &w->g);
-    free(w->owned);
-    free(w->scales);
-}
-
-/* The CPU (g = 0) or CUDA (g = 1) side of a pair or a weight pair. */
-static eng_tensor *side(pair *p, int g) { return g ? &p->g : &p->c; }
-static const eng_weight *wside(const wpair *w, int g) { return g ? &w->g : &w->c; }
-
-/* Fresh values in [-scale, scale) on both sides of an F32 pair. */
-static int refill(pair *p, float scale) {
-    float *h = rand_array(p->bytes / 4, scale);
-    memcpy(p->c.data, h, p->bytes);
-    int rc = eng_upload(gpu, p->g.data, h, p->bytes);
-    free(h);
-    return rc;
-}
-
-/* One chain st[side][0..count) (side 0 CPU, 1 CUDA) from fresh x and inputs ins[0..nin): the CPU
- * composes it (eng_chain); CUDA runs the op itself where `fused` (so a fall-back to the
- * composition fails), else the op must decline and eng_chain composes. Then x and the outputs
- * outs[0..nout) are compared; *bad is set on a mismatch. rounds > 1: the CUDA side is captured
- * once as graph `key` and replayed with fresh x and inputs. */
-static void run_chain(const char *name, int fused, int count, eng_stage *const st[2],
-                      const eng_chain_scratch sc[2], pair *px, pair *const *ins, int nin,
-                      pair *const *outs, int nout, int rounds, int key, int *bad) {
-    ASSERT_OK(refill(px, 2.0f));
-    for (int i = 0; i < nin; i++) ASSERT_OK(refill(ins[i], 1.0f));
-    if (rounds > 1) ASSERT_OK(gpu->ops->graph_begin(gpu));
-    int rc = gpu->ops->chain(gpu, &px->g, count, st[1], sc[1].act);
-    if (!fused) {
-        ASSERT_EQ(rc, ENG_EUNSUPPORTED);
-        rc = eng_chain(gpu, &px->g, count, st[1], &sc[1]);
-    }
-    ASSERT_OK(rc);
-    if (rounds > 1) ASSERT_OK(gpu->ops->graph_end(gpu, key));
-    for (int r = 0; r < rounds && !*bad; r++) {
-        if (rounds > 1) {
-            ASSERT_OK(refill(px, 2.0f));
-            for (int i = 0; i < nin; i++) ASSERT_OK(refill(ins[i], 1.0f));
-            ASSERT_OK(gpu->ops->graph_launch(gpu, key));
-        }
-        ASSERT_OK(eng_chain(cpu, &px->c, count, st[0], &sc[0]));
-        char what[160];
-        snprintf(what, sizeof what, "%s%s x round %d", name, fused ? " (one launch)" : "", r);
-        *bad = same(what, px, 3e-2, 1e-2);
-        for (int i = 0; i < nout && !*bad; i++) {
-            snprintf(what, sizeof what, "%s%s out %d round %d", name,
-                     fused ? " (one launch)" : "", i, r);
-            *bad = same(what, outs[i], 3e-2, 1e-2);
-        }
-    }
-}
-
-/* Dia's decoder chains (decoder_ops in engine/models/dia_model.c), weights of one format, for
- * each row count in ns; hidden H, MLP width F, attention width Q (q, o, cross q/o), k/v width KV:
- *   A: x += att . o^T, then xq = rmsnorm(x) . cq^T;
- *   B: x += xatt . co^T, the MLP block, then q/k/v = rmsnorm(x) . {q, k, v}^T (next layer).
- * CUDA must run each in one kernel at 1-4 rows unless VOXQ_CUDA_CHAIN=0 (see run_chain).
- * rounds > 1: each chain is captured once as a graph and replayed with new x and inputs. */
-enum { CW_O, CW_CQ, CW_CO, CW_GU, CW_DN, CW_Q, CW_K, CW_V, CW_COUNT };
-static void check_chain(eng_wfmt fmt, int64_t H, int64_t F, int64_t Q, int64_t KV,
-                        const int64_t *ns, size_t count, int rounds) {
-    const int64_t shapes[CW_COUNT][2] = {{H, Q}, {Q, H}, {H, Q}, {2 * F, H},
-                                         {H, F}, {Q, H}, {KV, H}, {KV, H}};
-    ASSERT_TRUE(gpu->ops->chain != NULL);
-    wpair w[CW_COUNT];
-    for (int i = 0; i < CW_COUNT; i++)
-        ASSERT_OK(load_wpair(&w[i], fmt, shapes[i][0], shapes[i][1]));
-    pair pn[3]; /* norms: cross attention, MLP, the next layer's self attention */
-    int64_t nsh[1] = {H};
-    for (int i = 0; i < 3; i++) {
-        float *nw = rand_array((size_t)H, 1.0f);
-        pn[i] = make_pair(nw, ENG_DT_F32, 1, nsh);
-        free(nw);
-    }
-    int bad = 0;
-    for (size_t k = 0; k < count && !bad && !test_failed_; k++) {
-        int64_t n = ns[k], xs[2] = {n, H}, qs[2] = {n, Q}, kvs[2] = {n, KV};
-        int64_t gs[2] = {n, 2 * F}, as[2] = {n, F};
-        /* VOXQ_CUDA_CHAIN=2/3: chains of more than one stage are declined (then eng_chain runs
-         * them a stage at a time) */
-        int fused = n <= 4 && policy_knob("VOXQ_CUDA_CHAIN", 1, 0, 3) == 1;
-        pair px = make_pair(NULL, ENG_DT_F32, 2, xs), att = make_pair(NULL, ENG_DT_F32, 2, qs);
-        pair xatt = make_pair(NULL, ENG_DT_F32, 2, qs), xq = make_pair(NULL, ENG_DT_F32, 2, qs);
-        pair q = make_pair(NULL, ENG_DT_F32, 2, qs), kk = make_pair(NULL, ENG_DT_F32, 2, kvs);
-        pair v = make_pair(NULL, ENG_DT_F32, 2, kvs);
-        pair ph = make_pair(NULL, ENG_DT_F32, 2, xs), pt = make_pair(NULL, ENG_DT_F32, 2, xs);
-        pair pg = make_pair(NULL, ENG_DT_F32, 2, gs), pa = make_pair(NULL, ENG_DT_F32, 2, as);
-        eng_chain_scratch sc[2] = {{&ph.c, &pt.c, &pg.c, &pa.c}, {&ph.g, &pt.g, &pg.g, &pa.g}};
-        eng_stage sa[2][2], sb[2][3];
-        for (int g = 0; g < 2; g++) {
-            sa[g][0] = (eng_stage){ENG_STAGE_ADD, 1, {wside(&w[CW_O], g), NULL, NULL},
-                                   side(&att, g), {NULL}, NULL, 0.f};
-            sa[g][1] = (eng_stage){ENG_STAGE_NORM, 1, {wside(&w[CW_CQ], g), NULL, NULL}, NULL,
-                                   {side(&xq, g), NULL, NULL}, side(&pn[0], g), 1e-5f};
-            sb[g][0] = (eng_stage){ENG_STAGE_ADD, 1, {wside(&w[CW_CO], g), NULL, NULL},
-                                   side(&xatt, g), {NULL}, NULL, 0.f};
-            sb[g][1] = (eng_stage){ENG_STAGE_MLP, 2,
-                                   {wside(&w[CW_GU], g), wside(&w[CW_DN], g), NULL}, NULL,
-                                   {NULL}, side(&pn[1], g), 1e-5f};
-            sb[g][2] = (eng_stage){ENG_STAGE_NORM, 3,
-                                   {wside(&w[CW_Q], g), wside(&w[CW_K], g), wside(&w[CW_V], g)},
-                                   NULL, {side(&q, g), side(&kk, g), side(&v, g)}, side(&pn[2], g),
-                                   1e-5f};
-        }
-        eng_stage *sta[2] = {sa[0], sa[1]}, *stb[2] = {sb[0], sb[1]};
-        pair *ina[1] = {&att}, *outa[1] = {&xq}, *inb[1] = {&xatt}, *outb[3] = {&q, &kk, &v};
-        char name[112];
-        snprintf(name, sizeof name, "chain A %s n=%lld H=%lld Q=%lld", eng_wfmt_name(fmt),
-                 (long long)n, (long long)H, (long long)Q);
-        run_chain(name, fused, 2, sta, sc, &px, ina, 1, outa, 1, rounds, 6, &bad);
-        snprintf(name, sizeof name, "chain B %s n=%lld H=%lld F=%lld Q=%lld KV=%lld",
-                 eng_wfmt_name(fmt), (long long)n, (long long)H, (long long)F, (long long)Q,
-                 (long long)KV);
-        if (!bad && !test_failed_)
-            run_chain(name, fused, 3, stb, sc, &px, inb, 1, outb, 3, rounds, 7, &bad);
-        free_pair(&px); free_pair(&att); free_pair(&xatt); free_pair(&xq); free_pair(&q);
-        free_pair(&kk); free_pair(&v); free_pair(&ph); free_pair(&pt); free_pair(&pg);
-        free_pair(&pa);
-    }
-    for (int i = 0; i < CW_COUNT; i++) free_wpair(&w[i]);
-    for (int i = 0; i < 3; i++) free_pair(&pn[i]);
-    ASSERT_EQ(bad, 0);
-}
-
-/* Dia's two decoder chains in one kernel (engine/cuda/cuda_chain.cu) on its shapes (H 2048,
- * F 8192, q 2048, k/v 512), a smaller one (H 512, F 2048, k/v 128: other k splits, fewer
- * blocks) and a wider MLP (F 16384: gate_up in two rounds of the grid), 1-4 rows, then 5 rows
- * (declined, composed); and inside a graph replayed three times. */
-TEST(chain_one_launch) {
-    const int64_t ns[] = {1, 2, 3, 4, 5};
-    for (size_t f = 0; f < 3 && !test_failed_; f++) {
-        check_chain(all_fmts[f], 2048, 8192, 2048, 512, ns, 5, 1);
-        if (!test_failed_) check_chain(all_fmts[f], 512, 2048, 512, 128, ns, 5, 1);
-        if (!test_failed_) check_chain(all_fmts[f], 1024, 16384, 1024, 256, ns + 1, 1, 1);
-        if (!test_failed_) check_chain(all_fmts[f], 2048, 8192, 2048, 512, ns + 1, 1, 3);
     }
 }
 

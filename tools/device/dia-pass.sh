@@ -3,13 +3,11 @@
 # bf16/int8/int4 at 1/4/16/64 sequences), the peer baselines, and the full-size check against
 # transformers (engine on CPU with 16 threads, and on CUDA). Binaries from .devbuild/gpu
 # (tools/device/build-cuda.sh, then tools/device/stage.sh copies the binaries there).
-# Usage on the device: sh tools/device/dia-pass.sh [ops] [gemv] [steps] [ab] [chain] [profile] [tiny] [dac] [peers] [full] [quant]
+# Usage on the device: sh tools/device/dia-pass.sh [ops] [gemv] [steps] [ab] [mlp] [profile] [tiny] [dac] [peers] [full] [quant]
 # ab: the steps of AB_FMTS (default int8) at AB_SEQS (default 1,64) with the defaults and again
 #     with the environment in AB (say AB="VOXQ_CUDA_WIDE_WG=0"), same binary, one line each.
-# chain: the one-kernel chains (k_chain): stage traces at two rows (chain_one_launch, then the
-#     MLP alone), then one sequence's steps/s per format with the chains off
-#     (VOXQ_CUDA_CHAIN=0: the separate products), the MLP only (3), one stage a kernel (2), whole
-#     chains (1, default) and whole chains with 4 ring slots.
+# mlp: the one-launch MLP block (k_mlp) at one sequence: its phase trace (test_cuda_ops, 2 rows),
+#     then steps/s per format against the two products (VOXQ_CUDA_MLP=0).
 set -u
 cd "$(dirname "$0")/../.."
 . tools/device/gpu-env.sh
@@ -24,10 +22,9 @@ for w in $what; do
          # the wide kernel's other variants (bf16 weights, 16 warps), off by default
          VOXQ_CUDA_WIDE_BF16=1 VOXQ_CUDA_WIDE_WN=4 $G/test_cuda_ops > "$OUT/test_cuda_ops_wide.log" 2>&1
          echo "test_cuda_ops (wide bf16, WN=4) rc=$? $(tail -1 $OUT/test_cuda_ops_wide.log)"
-         # the composed path of the chains (one-kernel chains off)
-         VOXQ_CUDA_CHAIN=0 $G/test_cuda_ops chain_one_launch mlp_block_one_launch \
-           > "$OUT/test_cuda_chain0.log" 2>&1
-         echo "test_cuda_ops chains composed (VOXQ_CUDA_CHAIN=0) rc=$? $(tail -1 $OUT/test_cuda_chain0.log)" ;;
+         # the two products instead of the one-launch MLP block (VOXQ_CUDA_MLP=0)
+         VOXQ_CUDA_MLP=0 $G/test_cuda_ops mlp_block_one_launch > "$OUT/test_cuda_mlp0.log" 2>&1
+         echo "test_cuda_ops mlp_block_one_launch (VOXQ_CUDA_MLP=0) rc=$? $(tail -1 $OUT/test_cuda_mlp0.log)" ;;
     gemv) $G/bench_cuda_gemv --reps 20 > "$OUT/gemv.json" 2>&1;
           python3 -c "import json;d=json.load(open('$OUT/gemv.json'));[print('gemv-step',r) for r in d['decoder_weights_step']]" ;;
     steps) for f in bf16 int8 int4; do
@@ -46,21 +43,16 @@ print('ab $f [${v:-defaults}]', [(r['seqs'], round(r['ms_per_step'], 3), round(r
                                  for r in d['results']])"
           done
         done ;;
-    chain) VOXQ_CUDA_CHAIN_TRACE=1 $G/test_cuda_ops chain_one_launch mlp_block_one_launch \
-             > "$OUT/chain_trace.log" 2>&1
-           echo "chain trace: $(tail -1 "$OUT/chain_trace.log")"
-           grep -E "chain trace n=2 stage ./(2|4)" "$OUT/chain_trace.log" | head -60 | tail -24
-           for f in bf16 int4 int8; do
-             for v in VOXQ_CUDA_CHAIN=0 VOXQ_CUDA_CHAIN=3 VOXQ_CUDA_CHAIN=2 VOXQ_CUDA_CHAIN=1 \
-                      VOXQ_CUDA_CHAIN=1,VOXQ_CUDA_CHAIN_RING=4; do
-               # shellcheck disable=SC2046
-               env $(echo "$v" | tr , ' ') $G/voxq-bench steps --random-full --fmt $f --seqs 1 \
-                 --steps 64 --text-len 128 --device cuda 2>/dev/null | python3 -c "
-import json, sys
-d = json.load(sys.stdin)
-print('chain $f [$v]', [(r['seqs'], round(r['ms_per_step'], 3), round(r['steps_per_s'], 1)) for r in d['results']])"
-             done
-           done ;;
+    mlp) VOXQ_CUDA_MLP_TRACE=1 $G/test_cuda_ops mlp_block_one_launch > "$OUT/mlp_trace.log" 2>&1
+         echo "mlp trace: $(tail -1 "$OUT/mlp_trace.log")"
+         grep "trace n=2" "$OUT/mlp_trace.log" | head -8
+         for f in bf16 int4 int8; do
+           for v in VOXQ_CUDA_MLP=0 VOXQ_CUDA_MLP=2; do
+             env $v $G/voxq-bench steps --random-full --fmt $f --seqs 1 --steps 64 --text-len 128 \
+               --device cuda 2>/dev/null > "$OUT/mlp_ab.json"
+             echo "mlp $f [$v] $(grep -o '"ms_per_step": [0-9.]*, "steps_per_s": [0-9.]*' "$OUT/mlp_ab.json")"
+           done
+         done ;;
     profile) for f in bf16 int8; do
              VOXQ_CUDA_PROFILE=1 $G/voxq-bench steps --random-full --fmt $f --seqs ${PROFILE_SEQS:-1,16} --steps 32 \
                --text-len 128 --device cuda > "$OUT/profile_$f.json" 2>"$OUT/profile_$f.err";
