@@ -24,9 +24,9 @@
  * int4 group scales per k-step (copied into shared memory at start; a group is a multiple of the
  * 128-input k-step), silu(gate) * up rounded to bf16 for down.
  *
- * Measured (H200, docs/perf-notes.md, sessions 6-7): the int8 Dia block takes ~16.5 us alone
- * with tensor-map rings (ncu: ~30 us for its two products); one sequence, steps/s against the
- * two products: bf16 894 / 830, int8 947 / 926, int4 1009 / 956. Growing it into a chain of a
+ * Measured (H200, docs/perf-notes.md, sessions 6-7): the int8 Dia block takes 23 us under ncu
+ * (cold L2) against ~30 us for its two products; one sequence, steps/s against the two
+ * products: bf16 902 / 838, int8 947 / 929, int4 1013 / 951. Growing it into a chain of a
  * layer's products with a barrier between each (session 7, git 3b2a7b8) was slower than the
  * separate kernels with programmatic dependent launch: see docs/perf-notes.md. */
 #include <cuda.h> /* CUtensorMap and its enums (types only; the encoder comes from the runtime) */
