@@ -48,9 +48,7 @@
 #define MLP_RING_BYTES (MLP_RING * MLP_SLOT)
 
 struct mlp_args {
-    const unsigned char *wgu; /* gate_up [2F, H] */
-    const float *sgu;         /* int8: [2F]; int4: [2F, H / group] */
-    const unsigned char *wd;  /* down [H, F] */
+    const float *sgu;         /* int8: [2F]; int4: [2F, H / group] (the weights: tensor maps) */
     const float *sd;          /* int8: [H]; int4: [H, F / group] */
     const float *norm;        /* [H] */
     float *x;                 /* [n, H]: read by phase A, += by phase B */
@@ -102,7 +100,8 @@ __device__ __forceinline__ void mbar_wait(uint64_t *b, unsigned parity) {
 }
 /* bytes (a multiple of 16, both addresses 16-byte aligned) from global to shared memory,
  * completing on mbarrier b. */
-__device__ __forceinline__ void bulk_copy(void *dst, const void *src, unsigned bytes, uint64_t *b) {
+__device__ __forceinline__ void bulk_copy(void *dst, const void *src, unsigned bytes,
+                                          uint64_t *b) {
     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, "
                  "[%3];" ::"r"(smem_u32(dst)),
                  "l"(src), "r"(bytes), "r"(smem_u32(b))
@@ -456,6 +455,12 @@ static int mlp_fmt_on(int fmt) {
     return mode == 2 || (mode == 1 && fmt != ENG_W_I8);
 }
 
+/* Weight bytes a row of `in` inputs: 64 a k-step in every format (128 int4 inputs, 64 int8, 32
+ * bf16). */
+static int64_t mlp_row_bytes(int fmt, int64_t in) {
+    return in * 64 / (fmt == ENG_W_I4 ? 128 : fmt == ENG_W_I8 ? 64 : 32);
+}
+
 /* The shapes k_mlp takes: bf16, int8 or int4 (both weights), 1-4 rows, whole slices of every
  * row (gate_up's, and an eighth of down's), one gate_up m-tile a warp and one down m-tile a
  * block of a grid of one block an SM, int4 groups of whole k-steps that split neither range, the
@@ -465,14 +470,13 @@ static int mlp_shape_ok(const cuda_impl *c, const eng_tensor *x, const eng_tenso
     if (x->dtype != ENG_DT_F32 || act->dtype != ENG_DT_F32 ||
         norm->dtype != ENG_DT_F32 || x->ndim < 2)
         return 0;
-    int fmt = gu->fmt, slice = MLP_SLICE;
+    int fmt = gu->fmt;
     if (!mlp_fmt_on(fmt) || down->fmt != fmt || !tmap_encoder()) return 0;
     int64_t n = x->shape[0], H = gu->in, F = down->in;
-    int64_t kw = fmt == ENG_W_I4 ? 128 : fmt == ENG_W_I8 ? 64 : 32;
-    int64_t rba = H * 64 / kw, rbb = F * 64 / kw;
+    int64_t rba = mlp_row_bytes(fmt, H), rbb = mlp_row_bytes(fmt, F);
     if (n < 1 || n > MLP_MAX_ROWS || gu->out != 2 * F || down->out != H) return 0;
     if (eng_numel(x) != n * H || eng_numel(act) != n * F || eng_numel(norm) != H) return 0;
-    if (H % 256 || F % 256 || rba % slice || (rbb / 8) % slice ||
+    if (H % 256 || F % 256 || rba % MLP_SLICE || (rbb / 8) % MLP_SLICE ||
         H / 16 > c->sm_count || F / 8 > (int64_t)c->sm_count * MLP_WARPS)
         return 0;
     if (fmt == ENG_W_I4) {
@@ -501,9 +505,7 @@ int cuda_mlp(eng_backend *be, eng_tensor *x, eng_tensor *act, const eng_weight *
     cuda_impl *c = cuda_of(be);
     if (!mlp_shape_ok(c, x, act, gate_up, down, norm)) return ENG_EUNSUPPORTED;
     mlp_args a;
-    a.wgu = (const unsigned char *)gate_up->data;
     a.sgu = gate_up->scales;
-    a.wd = (const unsigned char *)down->data;
     a.sd = down->scales;
     a.norm = (const float *)norm->data;
     a.x = (float *)x->data;
@@ -524,9 +526,8 @@ int cuda_mlp(eng_backend *be, eng_tensor *x, eng_tensor *act, const eng_weight *
     /* gate_up in boxes of 8 rows (its gate and its up half of an m-tile), down of 16 */
     CUtensorMap tm[2];
     memset(tm, 0, sizeof tm);
-    int64_t kw = gate_up->fmt == ENG_W_I4 ? 128 : gate_up->fmt == ENG_W_I8 ? 64 : 32;
-    if (tmap_rows(&tm[0], gate_up->data, a.H * 64 / kw, 2 * (int64_t)a.F, 8) ||
-        tmap_rows(&tm[1], down->data, a.F * 64 / kw, a.H, 16))
+    if (tmap_rows(&tm[0], gate_up->data, mlp_row_bytes(gate_up->fmt, a.H), 2 * (int64_t)a.F, 8) ||
+        tmap_rows(&tm[1], down->data, mlp_row_bytes(down->fmt, a.F), a.H, 16))
         return eng_backend_fail(be, ENG_EDEVICE, "mlp: the driver refused a tensor map of the "
                                 "weights (%lld x %lld)", (long long)a.H, (long long)a.F);
     size_t smem = mlp_smem(gate_up->fmt, a.n, a.H, a.F, a.group);
