@@ -107,7 +107,32 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
                        ? __ldg(w + (size_t)rows[r] * chunks + threadIdx.x)
                        : make_uint4(0, 0, 0, 0);
     }
+    /* Also independent of it: int4's group scales of the first chunk, the norm weights of the
+     * first chunk (into L1), and int8's row scales of this thread's first output (the epilogue
+     * below, thread i takes outputs i, i + blockDim.x, ...). */
+    constexpr int NOUT = EPI ? R / 2 : R;
+    float sc0[R], rs0 = 1.f, rs0_up = 1.f;
+    if (FMT == ENG_W_I4 && (int)threadIdx.x < chunks) {
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            sc0[r] = row_ok<EPI>(rows[r], r, R, out, half)
+                         ? __ldg(scales + (size_t)rows[r] * ngroups + (threadIdx.x * V) / group)
+                         : 0.f;
+    }
+    if (PRE == ENG_PRE_RMSNORM && (int)threadIdx.x < chunks)
+        for (int b = 0; b < V * 4; b += 128)
+            asm volatile("prefetch.global.L1 [%0];" ::"l"((const char *)(norm + threadIdx.x * V) +
+                                                          b));
+    const int orow0 = (EPI ? blk * (R / 2) : blk * R) + (int)threadIdx.x / NR;
+    if (FMT == ENG_W_I8 && (int)threadIdx.x < NOUT * NR) {
+        if (orow0 < (EPI ? half : out)) rs0 = __ldg(scales + orow0);
+        if (EPI && orow0 < half) rs0_up = __ldg(scales + half + orow0);
+    }
     pdl_wait();
+    /* The residual this thread's first output adds to, in flight during the dot products. */
+    float y0 = 0.f;
+    if (ACC && !EPI && (int)threadIdx.x < NOUT * NR && orow0 < out)
+        y0 = y[(size_t)((int)threadIdx.x % NR) * out + orow0];
     float acc[R][NR], ss[NR];
 #pragma unroll
     for (int r = 0; r < R; r++)
@@ -127,7 +152,8 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
         if (FMT == ENG_W_I4) {
 #pragma unroll
             for (int r = 0; r < R; r++)
-                sc[r] = row_ok<EPI>(rows[r], r, R, out, half)
+                sc[r] = c == (int)threadIdx.x ? sc0[r]
+                        : row_ok<EPI>(rows[r], r, R, out, half)
                             ? __ldg(scales + (size_t)rows[r] * ngroups + (c * V) / group)
                             : 0.f;
         }
@@ -192,8 +218,8 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
         }
     }
     __syncthreads();
-    constexpr int NOUT = EPI ? R / 2 : R;
     for (int i = threadIdx.x; i < NOUT * NR; i += blockDim.x) {
+        const bool first = i == (int)threadIdx.x;
         int r = i / NR, n = i % NR;
         float scale_n = 1.f;
         if (PRE == ENG_PRE_RMSNORM) {
@@ -204,18 +230,18 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
         float v = 0.f;
         for (int k = 0; k < nwarps; k++) v += s_part[k][i];
         int orow = EPI ? blk * (R / 2) + r : blk * R + r;
-        if (FMT == ENG_W_I8) v *= scales[orow];
+        if (FMT == ENG_W_I8 && orow < (EPI ? half : out)) v *= first ? rs0 : scales[orow];
         v *= scale_n;
         if (EPI) {
             if (orow >= half) continue;
             float u = 0.f;
             for (int k = 0; k < nwarps; k++) u += s_part[k][(r + R / 2) * NR + n];
-            if (FMT == ENG_W_I8) u *= scales[half + orow];
+            if (FMT == ENG_W_I8) u *= first ? rs0_up : scales[half + orow];
             u *= scale_n;
             y[(size_t)n * half + orow] = silu_mul(v, u);
         } else if (orow < out) {
             if (ACC)
-                y[(size_t)n * out + orow] += v;
+                y[(size_t)n * out + orow] = (first ? y0 : y[(size_t)n * out + orow]) + v;
             else
                 y[(size_t)n * out + orow] = v;
         }
@@ -756,11 +782,31 @@ static cudaError_t launch_k(const lin_set *set, const float *x, const float *nor
                               w->group, norm, eps);
 }
 
+/* Rows of W a k_gemv block owns for an integer format: 8 (RB), or VOXQ_CUDA_GEMV_ROWS = 2 or 4
+ * read once (A/B timing). 8 whatever the matrix: in a decoder step the whole of a 2048 x 2048
+ * weight is then in registers before its kernel waits on the one before (256 blocks of 128
+ * threads, all resident); at 2 rows (1,024 blocks, the bf16 rule) int8 one sequence ran 983-989
+ * steps/s, at 4 rows 1,055-1,065, at 8 rows 1,076-1,081 (H200, one call, session 8). */
+static int gemv_int_rows(void) {
+    static int r = -1;
+    if (r < 0) {
+        r = (int)cuda_env_knob("VOXQ_CUDA_GEMV_ROWS", 8, 2, 8);
+        if (r != 2 && r != 4) r = 8;
+    }
+    return r;
+}
+
 /* R from the rows of the whole set (a q/k/v group launches as one matrix of their rows). */
 template <int FMT, int NR, int PRE, int ACC, int EPI>
 static cudaError_t launch_fmt(const lin_set *set, const float *x, const float *norm, float eps,
                               cudaStream_t st) {
     constexpr int RB = rows_per_block<FMT>::big;
+    if (FMT != ENG_W_BF16) {
+        int r = gemv_int_rows();
+        if (r == 4) return launch_k<FMT, NR, 4, PRE, ACC, EPI>(set, x, norm, eps, st);
+        if (r == 2) return launch_k<FMT, NR, 2, PRE, ACC, EPI>(set, x, norm, eps, st);
+        return launch_k<FMT, NR, RB, PRE, ACC, EPI>(set, x, norm, eps, st);
+    }
     int64_t out = 0;
     for (int i = 0; i < set->count; i++) out += set->w[i]->out;
     if (out / RB >= 264) return launch_k<FMT, NR, RB, PRE, ACC, EPI>(set, x, norm, eps, st);
@@ -892,15 +938,21 @@ static int gemv_old(void) {
     return old;
 }
 
-/* Fewest rows an int8 product takes the tensor-core kernel at: 1, or VOXQ_CUDA_MMA_INT8_MIN_ROWS
- * read once (A/B timing; tests/cuda reads it too, for its tolerances). At 1-2 rows the FFMA
- * GEMV is slightly faster alone (weights-only step 0.98 vs 1.02 ms) but the decoder step is
- * faster with k_mma (1.167 vs 1.237 ms, H200, same call): its weight loads start before the
- * previous kernel ends. */
-static int mma_int8_min_rows(void) {
-    static int rows;
-    if (!rows) rows = (int)cuda_env_knob("VOXQ_CUDA_MMA_INT8_MIN_ROWS", 1, 1, 65);
-    return rows;
+/* Fewest rows an int8 / int4 product takes the tensor-core kernel at: int8 3, int4 1, or
+ * VOXQ_CUDA_MMA_INT8_MIN_ROWS / VOXQ_CUDA_MMA_INT4_MIN_ROWS read once (A/B timing; tests/cuda
+ * reads them too, for its tolerances). int8 at 1-2 rows (one sequence with CFG) takes the FFMA
+ * GEMV: its whole weight is in registers before it waits (8 rows a block, above), one sequence
+ * 1,076-1,081 steps/s against 957-960 through k_mma (H200, session 8; in session 2, before
+ * programmatic dependent launch covered every kernel, k_mma had been the faster, 1.167 vs
+ * 1.237 ms a step). int4 stays on k_mma: through the GEMV one sequence ran 711-835 steps/s
+ * against 1,007-1,016. */
+static int mma_min_rows(eng_wfmt fmt) {
+    static int i8, i4;
+    if (!i8) {
+        i8 = (int)cuda_env_knob("VOXQ_CUDA_MMA_INT8_MIN_ROWS", 3, 1, 65);
+        i4 = (int)cuda_env_knob("VOXQ_CUDA_MMA_INT4_MIN_ROWS", 1, 1, 65);
+    }
+    return fmt == ENG_W_I8 ? i8 : i4;
 }
 
 /* Most rows an int8 / int4 product takes the tensor-core kernel at (more go to cuBLAS after
@@ -925,9 +977,10 @@ static int mma_path_ok(const eng_weight *w, int64_t n) {
     if (gemv_old() || n < 1 || n > MMA_MAX_ROWS || w->out < 1) return 0;
     switch (w->fmt) {
     case ENG_W_BF16: return n > 2 && n <= 16 && w->in % 32 == 0;
-    case ENG_W_I8: return n >= mma_int8_min_rows() && n <= mma_max_rows(ENG_W_I8) &&
+    case ENG_W_I8: return n >= mma_min_rows(ENG_W_I8) && n <= mma_max_rows(ENG_W_I8) &&
                           w->in % 64 == 0;
-    case ENG_W_I4: return n <= mma_max_rows(ENG_W_I4) && w->in % 128 == 0 && w->group > 0 &&
+    case ENG_W_I4: return n >= mma_min_rows(ENG_W_I4) && n <= mma_max_rows(ENG_W_I4) &&
+                          w->in % 128 == 0 && w->group > 0 &&
                           w->group % 128 == 0;
     default: return 0;
     }

@@ -146,8 +146,9 @@ static int bf16_activations(eng_wfmt fmt, int64_t n, int64_t in) {
     switch (fmt) {
     case ENG_W_BF16: return n > 2 && in % 32 == 0;
     case ENG_W_I8:
-        return n >= policy_knob("VOXQ_CUDA_MMA_INT8_MIN_ROWS", 1, 1, 65) && in % 64 == 0;
-    default: return in % 128 == 0;
+        return n >= policy_knob("VOXQ_CUDA_MMA_INT8_MIN_ROWS", 3, 1, 65) && in % 64 == 0;
+    default:
+        return n >= policy_knob("VOXQ_CUDA_MMA_INT4_MIN_ROWS", 1, 1, 65) && in % 128 == 0;
     }
 }
 
