@@ -298,19 +298,21 @@ k_attention_decode(float *out, const float *q, const uint4 *kc, const uint4 *vc,
     __shared__ float s_m[DEC_WARPS][G], s_l[DEC_WARPS][G];      /* its max and sum per head */
     __shared__ int s_last;
     pdl_trigger();
+    /* block x = (row, G consecutive query heads); they share KV head kh (G divides qh / kvh) */
     const int group = blockIdx.x, split = blockIdx.y;
-    const int row = group / kvh, kh = group % kvh;
+    const int row = group / (qh / G), h0 = group % (qh / G) * G, kh = h0 / (qh / kvh);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int half = lane / 16, j = lane % 16;
     const int s = slot[row];
     int L = len[row];
     /* RoPE's angles for this lane's 8 dims (the position is a step input, not a result of the
      * kernel before: computed before waiting on it) */
-    float cs[8], sn[8];
+    float cs[8], sn[8], kcs = 0.f, ksn = 0.f; /* k's angle for dim threadIdx.x (the write) */
     if (ROPE) {
         const int p = ra.pos[row];
 #pragma unroll
         for (int i = 0; i < 8; i++) rope_cs(8 * j + i, p, ra.theta, &cs[i], &sn[i]);
+        rope_cs((int)threadIdx.x, p, ra.theta, &kcs, &ksn);
     }
     /* This block's positions (the row's real length cut into the host's split count). */
     L = (s < 0 || s >= slots) ? 0 : min(max(L, 0), max_len);
@@ -333,10 +335,10 @@ k_attention_decode(float *out, const float *q, const uint4 *kc, const uint4 *vc,
     /* launched with programmatic dependent launch: everything above overlapped the kernel
      * before this one; q, this step's k/v and the store are read after it has finished */
     pdl_wait();
-    /* this lane's 8 dims of each head's query (the G heads of KV head kh are adjacent in q and
-     * out), loaded while slot and len are in flight; scaled to log2 units below */
+    /* this lane's 8 dims of each head's query (the block's G heads are adjacent in q and out);
+     * scaled to log2 units below */
     float qv[G][8];
-    const float *qrow = q + ((size_t)row * qh + (size_t)kh * G) * DEC_HD + 8 * j;
+    const float *qrow = q + ((size_t)row * qh + h0) * DEC_HD + 8 * j;
 #pragma unroll
     for (int g = 0; g < G; g++) {
         float4 a = *(const float4 *)(qrow + g * DEC_HD);
@@ -344,7 +346,7 @@ k_attention_decode(float *out, const float *q, const uint4 *kc, const uint4 *vc,
         qv[g][0] = a.x, qv[g][1] = a.y, qv[g][2] = a.z, qv[g][3] = a.w;
         qv[g][4] = b.x, qv[g][5] = b.y, qv[g][6] = b.z, qv[g][7] = b.w;
     }
-    float *orow = out + ((size_t)row * qh + (size_t)kh * G) * DEC_HD;
+    float *orow = out + ((size_t)row * qh + h0) * DEC_HD;
     if (ROPE) {
         /* RoPE on q: lane j holds dims 8j..8j+7, its rotation partner (d +- 64) is lane j ^ 8 */
         const int p = ra.pos[row];
@@ -356,15 +358,17 @@ k_attention_decode(float *out, const float *q, const uint4 *kc, const uint4 *vc,
                 qv[g][i] = j < 8 ? a * cs[i] - o * sn[i] : a * cs[i] + o * sn[i];
             }
         /* the block whose split holds position p (split 0 when no split reads it) rotates this
-         * step's k, writes k and v into the store, and reads them back after the barrier */
+         * step's k, writes k and v into the store, and reads them back after the barrier. With
+         * fewer heads a block than query heads a KV head, each of that KV head's blocks writes
+         * the same k and v (same arithmetic, same bits), so whichever write a block reads back
+         * holds the bits of its own. */
         const int wsplit = p >= 0 && p < L ? p / chunk : 0;
         if (split == wsplit) {
             if (s >= 0 && s < slots && p >= 0 && p < max_len) {
                 const int d = threadIdx.x; /* one thread per dim */
                 const float *kr = ra.k + ((size_t)row * kvh + kh) * DEC_HD;
-                float a = kr[d], o = kr[d ^ (DEC_HD / 2)], c, sv;
-                rope_cs(d, p, ra.theta, &c, &sv);
-                float rot = d < DEC_HD / 2 ? a * c - o * sv : a * c + o * sv;
+                float a = kr[d], o = kr[d ^ (DEC_HD / 2)];
+                float rot = d < DEC_HD / 2 ? a * kcs - o * ksn : a * kcs + o * ksn;
                 size_t dst = (((size_t)s * max_len + p) * kvh + kh) * DEC_HD + d;
                 ((__nv_bfloat16 *)kc)[dst] = __float2bfloat16_rn(rot);
                 ((__nv_bfloat16 *)vc)[dst] =
@@ -588,8 +592,16 @@ static int attention_decode(eng_backend *be, eng_tensor *out, const eng_tensor *
                             const eng_kv *kv, const eng_tensor *slot, const eng_tensor *len,
                             float scale, int g, const dec_rope_args *rope) {
     cuda_impl *c = cuda_of(be);
-    int64_t n = q->shape[0], groups = n * kv->heads;
+    int64_t n = q->shape[0];
     int qh = (int)q->shape[1];
+    /* Query heads a block: all g of a KV head (each K/V byte read once a row), halved while
+     * there would be under a quarter of a block an SM (one sequence: 8 blocks of 4 heads become
+     * 32 of one, a quarter of the serial work each, reading their KV head's K/V from L2), unless
+     * VOXQ_CUDA_ATT_SPLIT_HEADS=0 (read once; A/B timing). */
+    static int split_heads = -1;
+    if (split_heads < 0) split_heads = (int)cuda_env_knob("VOXQ_CUDA_ATT_SPLIT_HEADS", 1, 0, 1);
+    while (split_heads && g > 1 && n * qh / g < c->sm_count / 4) g /= 2;
+    int64_t groups = n * qh / g;
     /* Enough blocks to fill the GPU a few times over, no split under DEC_CHUNK positions of
      * the store's capacity (the device cuts the real length), and a merge of at most
      * DEC_MAX_SPLITS partials. Depends on shapes only, so captured steps replay. */

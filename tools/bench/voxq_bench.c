@@ -7,9 +7,11 @@
  *       by tests/reference/fullsize_check.py and prints max abs/rel errors; exit 1 when an
  *       error is over tolerance.
  *   voxq-bench steps [--model DIR | --random-full [--fmt f32|bf16|int8|int4] [--seed S]]
- *                    [--seqs 1,4] [--steps N] [--text-len N] [--device ...] [--threads N]
+ *                    [--seqs 1,4] [--steps N] [--start N] [--text-len N] [--device ...]
+ *                    [--threads N]
  *       Decoder steps/s and ms/step for each number of concurrent sequences (each with its CFG
  *       pair), the memory plan, load_s (model load) and ready_s (process start to model loaded).
+ *       --start N runs N untimed steps first, so the timed ones attend over N more positions.
  *       Timings are measurements, never pass/fail.
  *
  * Exit codes: 0 success, 1 failure of the work (or over tolerance), 2 bad usage or input. */
@@ -58,7 +60,8 @@ static void usage(FILE *f) {
             "usage: voxq-bench check --model DIR --ref REF.safetensors [--device cpu|cuda|auto]\n"
             "                        [--threads N] [--tol X]\n"
             "       voxq-bench steps [--model DIR | --random-full [--fmt f32|bf16|int8|int4]\n"
-            "                        [--seed S]] [--seqs 1,4] [--steps N] [--text-len N]\n"
+            "                        [--seed S]] [--seqs 1,4] [--steps N] [--start N]\n"
+            "                        [--text-len N]\n"
             "                        [--kv f32|bf16] [--max-frames N (memory plan)]\n"
             "                        [--device cpu|cuda|auto] [--threads N]\n"
             "       voxq-bench quantize --model DIR --out DIR --fmt int8|int4 [--threads N]\n"
@@ -70,7 +73,7 @@ static void usage(FILE *f) {
 
 typedef struct opts {
     const char *model, *ref, *device, *fmt, *seqs, *kv, *out;
-    int threads, steps, text_len, random_full, max_frames;
+    int threads, steps, text_len, random_full, max_frames, start;
     unsigned long long seed;
     double tol;
 } opts;
@@ -119,6 +122,8 @@ static int parse(int argc, char **argv, opts *o) {
             o->threads = atoi(v);
         else if (!strcmp(a, "--steps"))
             o->steps = atoi(v);
+        else if (!strcmp(a, "--start"))
+            o->start = atoi(v);
         else if (!strcmp(a, "--text-len"))
             o->text_len = atoi(v);
         else if (!strcmp(a, "--seed"))
@@ -134,8 +139,11 @@ static int parse(int argc, char **argv, opts *o) {
         fprintf(stderr, "voxq-bench: --kv must be f32 or bf16\n");
         return 2;
     }
-    if (o->steps < 1 || o->text_len < 1 || o->text_len > DIA_MAX_TEXT || o->threads < 0) {
-        fprintf(stderr, "voxq-bench: --steps >= 1, --text-len in [1, %d], --threads >= 0\n",
+    if (o->steps < 1 || o->text_len < 1 || o->text_len > DIA_MAX_TEXT || o->threads < 0 ||
+        o->start < 0 || o->start > 100000) {
+        fprintf(stderr,
+                "voxq-bench: --steps >= 1, --start in [0, 100000], --text-len in [1, %d], "
+                "--threads >= 0\n",
                 DIA_MAX_TEXT);
         return 2;
     }
@@ -189,10 +197,11 @@ static int cmd_steps(const opts *o) {
         fprintf(stderr, "voxq-bench: %s\n", err.msg);
         return 1;
     }
-    const int warmup = 3;
+    /* --start: untimed steps before the warm-up ones, so the timed steps attend over that many
+     * more positions of their own KV (long-context decoding). */
+    const int warmup = 3 + o->start, frames = o->steps + warmup + 2;
     dia_load_opts lo = {.max_batch = max_batch,
-                        .max_frames = o->max_frames > o->steps + warmup + 2 ? o->max_frames
-                                                                            : o->steps + warmup + 2,
+                        .max_frames = o->max_frames > frames ? o->max_frames : frames,
                         .max_text = o->text_len,
                         .kv_dtype = kv_dtype(o)};
     dia_model *m = NULL;
@@ -227,9 +236,10 @@ static int cmd_steps(const opts *o) {
     const dia_config *c = dia_model_config(m);
 
     printf("{\"command\": \"steps\", \"device\": \"%s\", \"weights\": \"%s\", \"threads\": %d, "
-           "\"text_len\": %d, \"steps\": %d, \"load_s\": %.3f, \"ready_s\": %.2f, "
+           "\"text_len\": %d, \"steps\": %d, \"start\": %d, \"load_s\": %.3f, \"ready_s\": %.2f, "
            "\"decoder_layers\": %d, \"kv\": \"%s\", ",
-           be->ops->name, fmt, be->nthreads, o->text_len, o->steps, load_s, ready_s, c->dec_layers,
+           be->ops->name, fmt, be->nthreads, o->text_len, o->steps, o->start, load_s, ready_s,
+           c->dec_layers,
            eng_dtype_name(dia_model_opts(m)->kv_dtype));
     print_mem(m);
     printf(", \"results\": [");

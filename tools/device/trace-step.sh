@@ -6,7 +6,8 @@
 # before (negative: it overlapped, programmatic dependent launch), then per kernel name the sums
 # a step, then the step's span, busy time and gaps. Graph kernel nodes share the correlation id
 # of their graph launch; that is how steps are told apart.
-# Usage on the device: sh tools/device/trace-step.sh [bf16|int8|int4] [seqs] [extra env ...]
+# Usage on the device: [START=N] sh tools/device/trace-step.sh [bf16|int8|int4] [seqs] [env ...]
+# (START: untimed steps first, voxq-bench --start)
 set -u
 cd "$(dirname "$0")/../.."
 . tools/device/gpu-env.sh
@@ -19,7 +20,8 @@ done
 export LD_LIBRARY_PATH
 csv="$OUT/trace_${fmt}_$seqs.csv"
 env "$@" VOXQ_TRACE_OUT="$csv" LD_PRELOAD="$PWD/$G/libvoxq_trace.so" timeout 300 $G/voxq-bench steps \
-    --random-full --fmt "$fmt" --seqs "$seqs" --steps 64 --text-len 128 --device cuda \
+    --random-full --fmt "$fmt" --seqs "$seqs" --steps 64 --start "${START:-0}" --text-len 128 \
+    --device cuda \
     > "$OUT/trace_${fmt}_$seqs.json" 2> "$OUT/trace_${fmt}_$seqs.err"
 echo "trace $fmt seqs=$seqs $* rc=$? $(tail -1 "$OUT/trace_${fmt}_$seqs.err")" \
     "$(grep -o '"ms_per_step": [0-9.]*' "$OUT/trace_${fmt}_$seqs.json")"
