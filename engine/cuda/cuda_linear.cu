@@ -107,9 +107,9 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
                        ? __ldg(w + (size_t)rows[r] * chunks + threadIdx.x)
                        : make_uint4(0, 0, 0, 0);
     }
-    /* Also independent of it: int4's group scales of the first chunk, the norm weights of the
-     * first chunk (into L1), and int8's row scales of this thread's first output (the epilogue
-     * below, thread i takes outputs i, i + blockDim.x, ...). */
+    /* Also independent of it: int4's group scales and the norm weights of the first chunk, and
+     * int8's row scales of this thread's first output (the epilogue below, thread i takes
+     * outputs i, i + blockDim.x, ...). */
     constexpr int NOUT = EPI ? R / 2 : R;
     float sc0[R], rs0 = 1.f, rs0_up = 1.f;
     if (FMT == ENG_W_I4 && (int)threadIdx.x < chunks) {
@@ -119,10 +119,12 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
                          ? __ldg(scales + (size_t)rows[r] * ngroups + (threadIdx.x * V) / group)
                          : 0.f;
     }
+    constexpr int NW0 = PRE == ENG_PRE_RMSNORM ? V : 1;
+    float nw0[NW0];
     if (PRE == ENG_PRE_RMSNORM && (int)threadIdx.x < chunks)
-        for (int b = 0; b < V * 4; b += 128)
-            asm volatile("prefetch.global.L1 [%0];" ::"l"((const char *)(norm + threadIdx.x * V) +
-                                                          b));
+#pragma unroll
+        for (int sub = 0; sub < V / 8; sub++)
+            load8(norm + threadIdx.x * V + sub * 8, nw0 + sub * 8);
     const int orow0 = (EPI ? blk * (R / 2) : blk * R) + (int)threadIdx.x / NR;
     if (FMT == ENG_W_I8 && (int)threadIdx.x < NOUT * NR) {
         if (orow0 < (EPI ? half : out)) rs0 = __ldg(scales + orow0);
@@ -176,7 +178,12 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
             }
             if (PRE == ENG_PRE_RMSNORM) {
                 float nw[8];
-                load8(norm + k, nw);
+                if (c == (int)threadIdx.x) {
+#pragma unroll
+                    for (int j = 0; j < 8; j++) nw[j] = nw0[(sub * 8 + j) % NW0];
+                } else {
+                    load8(norm + k, nw);
+                }
 #pragma unroll
                 for (int n = 0; n < NR; n++)
 #pragma unroll
