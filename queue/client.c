@@ -127,7 +127,7 @@ static void handle_raw(queue *q, const char *raw, size_t len) {
         qop_arg(op, err.message);
         qop_argf(op, "%lld", (long long)queue_now_ms());
         qop_argf(op, "%ld", 86400L);
-        qop_arg(op, "");
+        qop_arg(op, d->job.reply_to); /* parsed first, so known unless it was the bad field */
         qop_submit(q, op);
         return;
     }

@@ -331,11 +331,6 @@ int queue_job_parse(const char *raw, size_t len, const queue_job_limits *lim, qu
         fail(err, "not_object", "", "payload must be a JSON object");
         goto out;
     }
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "v");
-    if (v && !(cJSON_IsNumber(v) && v->valuedouble == 1)) {
-        fail(err, "invalid_field", "v", "field 'v' must be 1 (this worker speaks schema v1)");
-        goto out;
-    }
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
     if (id) {
         if (!cJSON_IsString(id) || !id->valuestring) {
@@ -355,6 +350,19 @@ int queue_job_parse(const char *raw, size_t len, const queue_job_limits *lim, qu
         snprintf(job->id, sizeof job->id, "w-%s", hex);
         job->id_assigned = 1;
     }
+    /* reply_to before the other fields: a job rejected for any of them still gets its one
+     * terminal message there (queue.md 32). A bad reply_to itself is left empty. */
+    if (get_string(obj, "reply_to", job->reply_to, sizeof job->reply_to, err)) goto out;
+    if (job->reply_to[0] && !queue_utf8_valid(job->reply_to, strlen(job->reply_to))) {
+        job->reply_to[0] = '\0';
+        fail(err, "invalid_field", "reply_to", "field 'reply_to' is not valid UTF-8");
+        goto out;
+    }
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "v");
+    if (v && !(cJSON_IsNumber(v) && v->valuedouble == 1)) {
+        fail(err, "invalid_field", "v", "field 'v' must be 1 (this worker speaks schema v1)");
+        goto out;
+    }
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(obj, "type");
     if (!type) {
         fail(err, "missing_field", "type", "field 'type' is required (synthesize or quantize)");
@@ -373,8 +381,7 @@ int queue_job_parse(const char *raw, size_t len, const queue_job_limits *lim, qu
     if (get_number(obj, "max_attempts", 1, lim->max_attempts_cap, 1, &max_attempts, err) ||
         get_number(obj, "timeout_s", 0, lim->timeout_s_cap, 0, &job->timeout_s, err) ||
         get_number(obj, "result_ttl_s", 1, (double)lim->result_ttl_cap_s, 1, &ttl, err) ||
-        get_string(obj, "priority", priority, sizeof priority, err) ||
-        get_string(obj, "reply_to", job->reply_to, sizeof job->reply_to, err))
+        get_string(obj, "priority", priority, sizeof priority, err))
         goto out;
     job->max_attempts = (int)max_attempts;
     job->result_ttl_s = (long)ttl;
@@ -383,10 +390,6 @@ int queue_job_parse(const char *raw, size_t len, const queue_job_limits *lim, qu
         goto out;
     }
     job->priority_hi = !strcmp(priority, "hi");
-    if (job->reply_to[0] && !queue_utf8_valid(job->reply_to, strlen(job->reply_to))) {
-        fail(err, "invalid_field", "reply_to", "field 'reply_to' is not valid UTF-8");
-        goto out;
-    }
     rc = job->type == QUEUE_JOB_SYNTHESIZE ? parse_synthesize(obj, lim, job, err)
                                            : parse_quantize(obj, job, err);
     if (rc != 0) goto out;

@@ -147,6 +147,31 @@ TEST(types_and_fields) {
                   "invalid_field", "variant");
 }
 
+/* reply_to is read before the other fields, so a job rejected for one of them still names where
+ * its terminal message goes; a bad reply_to is the rejection and stays empty. */
+TEST(reply_to_known_on_rejection) {
+    queue_job job;
+    queue_job_error err;
+    ASSERT_EQ(parse("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":5,\"reply_to\":\"r:x\"}", &job,
+                    &err),
+              -1);
+    ASSERT_STREQ(err.field, "text");
+    ASSERT_STREQ(job.reply_to, "r:x");
+    ASSERT_EQ(parse("{\"v\":2,\"reply_to\":\"r:y\",\"text\":\"t\"}", &job, &err), -1);
+    ASSERT_STREQ(err.field, "v");
+    ASSERT_STREQ(job.reply_to, "r:y");
+    ASSERT_EQ(parse("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"reply_to\":7}", &job,
+                    &err),
+              -1);
+    ASSERT_STREQ(err.field, "reply_to");
+    ASSERT_STREQ(job.reply_to, "");
+    ASSERT_EQ(parse("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"reply_to\":\"\xff\"}",
+                    &job, &err),
+              -1);
+    ASSERT_STREQ(err.field, "reply_to");
+    ASSERT_STREQ(job.reply_to, "");
+}
+
 TEST(case_sensitive_and_duplicates) {
     /* "ID" is not "id": the job has no id, so one is assigned. */
     queue_job job;

@@ -490,6 +490,37 @@ TEST(reply_to_one_message) {
     free(msg);
 }
 
+/* 32 for rejected jobs: bad input is a terminal state too, so reply_to gets one message naming
+ * the problem, with or without an id (the field that failed is not reply_to). */
+TEST(reply_to_on_rejection) {
+    SETUP();
+    pid_t w = wf_spawn(NULL, NULL, 0);
+    wf_push("voxq:jobs",
+            "{\"id\":\"rj1\",\"type\":\"synthesize\",\"reply_to\":\"rj:1\",\"text\":5}");
+    wf_push("voxq:jobs", "{\"id\":\"rj2\",\"reply_to\":\"rj:2\",\"text\":\"t\"}");
+    wf_push("voxq:jobs", "{\"type\":\"synthesize\",\"reply_to\":\"rj:3\",\"text\":\"t\","
+                         "\"top_p\":7}");
+    wf_push("voxq:jobs", job("rj-after", "sleep:10"));
+    ASSERT_TRUE(wf_wait_state("rj-after", "succeeded", 10000));
+    ASSERT_TRUE(wf_wait_state("rj1", "rejected", 1000));
+    rf_sleep_ms(200);
+    static const char *const want[3][2] = {{"rj:1", "'text' must be a string"},
+                                           {"rj:2", "'type' is required"},
+                                           {"rj:3", "top_p"}};
+    for (int i = 0; i < 3; i++) {
+        ASSERT_EQ(rf_int("LLEN %s", want[i][0]), 1);
+        long long ttl = rf_int("TTL %s", want[i][0]);
+        ASSERT_TRUE(ttl > 3500 && ttl <= 3600);
+        char *msg = rf_str("LINDEX %s 0", want[i][0]);
+        ASSERT_CONTAINS(msg, "\"state\":\"rejected\"");
+        ASSERT_CONTAINS(msg, want[i][1]);
+        if (i < 2) ASSERT_CONTAINS(msg, i ? "\"id\":\"rj2\"" : "\"id\":\"rj1\"");
+        free(msg);
+    }
+    ASSERT_TRUE(wf_alive(w));
+    ASSERT_EQ(wf_proc_total(), 0);
+}
+
 /* 33: a hi job behind 100 normal ones starts within one block timeout. */
 TEST(hi_priority_jumps_queue) {
     SETUP();
