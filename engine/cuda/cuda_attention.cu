@@ -199,10 +199,12 @@ k_attention(float *out, const float *q, const void *kc, const void *vc, int bf16
 }
 
 /* Decode path: one block of DEC_WARPS warps per (row, KV head, split) computes all G = qh / kvh
- * query heads of that KV head, so each K/V byte is read once per row. A position's 128 dims are
- * 16 lanes x 8 bf16 (one 16-byte load each), so one warp load covers two positions: lanes 0-15
- * the even one, lanes 16-31 the odd one. A warp takes DEC_U(G) such pairs per iteration, every
- * load issued before the first use; its warps interleave over the split's positions.
+ * query heads of that KV head, so each K/V byte is read once per row; at small batches the host
+ * gives a block fewer of them (G halved, attention_decode) and the KV head's blocks share its K/V
+ * through L2. A position's 128 dims are 16 lanes x 8 bf16 (one 16-byte load each), so one warp
+ * load covers two positions: lanes 0-15 the even one, lanes 16-31 the odd one. A warp takes
+ * DEC_U(G) such pairs per iteration, every load issued before the first use; its warps
+ * interleave over the split's positions.
  *
  * Scores are in log2 units (q pre-scaled by scale * log2(e), exp2f). A lane's U*G partial dot
  * products are summed over its 16 lanes by a reduce-scatter that leaves lane j with the full
