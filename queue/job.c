@@ -331,6 +331,14 @@ int queue_job_parse(const char *raw, size_t len, const queue_job_limits *lim, qu
         fail(err, "not_object", "", "payload must be a JSON object");
         goto out;
     }
+    /* reply_to before the other fields: a job rejected for any of them still gets its one
+     * terminal message there (queue.md 32). A bad reply_to itself is left empty. */
+    if (get_string(obj, "reply_to", job->reply_to, sizeof job->reply_to, err)) goto out;
+    if (job->reply_to[0] && !queue_utf8_valid(job->reply_to, strlen(job->reply_to))) {
+        job->reply_to[0] = '\0';
+        fail(err, "invalid_field", "reply_to", "field 'reply_to' is not valid UTF-8");
+        goto out;
+    }
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
     if (id) {
         if (!cJSON_IsString(id) || !id->valuestring) {
@@ -349,14 +357,6 @@ int queue_job_parse(const char *raw, size_t len, const queue_job_limits *lim, qu
         queue_random_hex(hex);
         snprintf(job->id, sizeof job->id, "w-%s", hex);
         job->id_assigned = 1;
-    }
-    /* reply_to before the other fields: a job rejected for any of them still gets its one
-     * terminal message there (queue.md 32). A bad reply_to itself is left empty. */
-    if (get_string(obj, "reply_to", job->reply_to, sizeof job->reply_to, err)) goto out;
-    if (job->reply_to[0] && !queue_utf8_valid(job->reply_to, strlen(job->reply_to))) {
-        job->reply_to[0] = '\0';
-        fail(err, "invalid_field", "reply_to", "field 'reply_to' is not valid UTF-8");
-        goto out;
     }
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "v");
     if (v && !(cJSON_IsNumber(v) && v->valuedouble == 1)) {

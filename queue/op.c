@@ -113,11 +113,25 @@ static void op_reply(qconn *c, redisReply *r, void *priv) {
     qop_free(op);
 }
 
-/* Sends op on cmd: EVALSHA sha 0 args (EVAL source 0 args after NOSCRIPT) or the command. */
+/* Sends op on cmd: EVALSHA sha 0 args (EVAL source 0 args after NOSCRIPT) or the command. Any
+ * number of arguments (a heartbeat carries one a held job, and a worker may hold up to 256):
+ * beyond OP_STACK_ARGS the argument arrays come from the heap. */
+#define OP_STACK_ARGS 64
 static int op_send(queue *q, qop *op) {
     if (!q->ready || op->argc < 0) return -1;
-    const char *argv[64 + 3];
-    size_t lens[64 + 3];
+    const char *argv_s[OP_STACK_ARGS + 3];
+    size_t lens_s[OP_STACK_ARGS + 3];
+    const char **argv = argv_s;
+    size_t *lens = lens_s;
+    if (op->argc > OP_STACK_ARGS) {
+        argv = malloc((size_t)(op->argc + 3) * sizeof *argv);
+        lens = malloc((size_t)(op->argc + 3) * sizeof *lens);
+        if (!argv || !lens) {
+            free(argv);
+            free(lens);
+            return -1; /* waits, and is sent when memory allows */
+        }
+    }
     int n = 0;
     if (op->script >= 0) {
         argv[n] = op->use_eval ? "EVAL" : "EVALSHA";
@@ -128,12 +142,16 @@ static int op_send(queue *q, qop *op) {
         argv[n] = "0";
         lens[n++] = 1;
     }
-    if (op->argc > 64) return -1;
     for (int i = 0; i < op->argc; i++) {
         argv[n] = op->argv[i];
         lens[n++] = op->lens[i];
     }
-    return qconn_send(&q->cmd, op_reply, op, n, argv, lens);
+    int rc = qconn_send(&q->cmd, op_reply, op, n, argv, lens);
+    if (argv != argv_s) {
+        free(argv);
+        free(lens);
+    }
+    return rc;
 }
 
 void qop_submit(queue *q, qop *op) {

@@ -141,20 +141,25 @@ static const char fail_lua[] = PREAMBLE GUARD("'retrying'")
 
 /* reject: ARGV 2 wid, 3 raw, 4 raw for the dead letter, 5 id ('' if none), 6 code, 7 message,
  * 8 now, 9 ttl, 10 reply_to ('' if none). Bad input: dead letter at once, never retried; the
- * job hash and the terminal message when the id is known, else the message alone. */
+ * job hash, its event and the terminal message when the id is known and names no job that is
+ * queued, running or succeeded (a malformed copy must not overwrite a live job's record: its
+ * ack would find the lease gone), else the terminal message alone. */
 static const char reject_lua[] = PREAMBLE
     "if redis.call('LREM', P .. 'proc:' .. ARGV[2], 1, ARGV[3]) == 0 then return 0 end\n"
     "dead_letter({raw = ARGV[4], error_code = ARGV[6], error = ARGV[7], at = tonumber(ARGV[8]),\n"
     "  worker = ARGV[2], id = ARGV[5]})\n"
-    "if ARGV[5] ~= '' then\n"
+    "local st = ARGV[5] ~= '' and redis.call('HGET', P .. 'job:' .. ARGV[5], 'state')\n"
+    "if ARGV[5] ~= '' and (not st or st == 'failed' or st == 'rejected' or\n"
+    "    st == 'cancelled') then\n"
     "  local jk = P .. 'job:' .. ARGV[5]\n"
     "  redis.call('HSET', jk, 'state', 'rejected', 'error_code', ARGV[6], 'error', ARGV[7],\n"
     "    'finished_at', ARGV[8])\n"
     "  redis.call('EXPIRE', jk, ARGV[9])\n"
     "  emit(ARGV[5], 'rejected', {error_code = ARGV[6], error = ARGV[7]}, ARGV[10], true)\n"
     "elseif ARGV[10] ~= '' then\n"
-    "  redis.call('RPUSH', ARGV[10], cjson.encode({state = 'rejected', error_code = ARGV[6],\n"
-    "    error = ARGV[7]}))\n"
+    "  local msg = {state = 'rejected', error_code = ARGV[6], error = ARGV[7]}\n"
+    "  if ARGV[5] ~= '' then msg.id = ARGV[5] end\n"
+    "  redis.call('RPUSH', ARGV[10], cjson.encode(msg))\n"
     "  redis.call('EXPIRE', ARGV[10], 3600)\n"
     "end\n"
     "return 1\n";

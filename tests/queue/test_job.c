@@ -157,6 +157,9 @@ TEST(reply_to_known_on_rejection) {
               -1);
     ASSERT_STREQ(err.field, "text");
     ASSERT_STREQ(job.reply_to, "r:x");
+    ASSERT_EQ(parse("{\"id\":\"a b\",\"reply_to\":\"r:z\",\"text\":\"t\"}", &job, &err), -1);
+    ASSERT_STREQ(err.field, "id");
+    ASSERT_STREQ(job.reply_to, "r:z");
     ASSERT_EQ(parse("{\"v\":2,\"reply_to\":\"r:y\",\"text\":\"t\"}", &job, &err), -1);
     ASSERT_STREQ(err.field, "v");
     ASSERT_STREQ(job.reply_to, "r:y");

@@ -491,7 +491,7 @@ TEST(reply_to_one_message) {
 }
 
 /* 32 for rejected jobs: bad input is a terminal state too, so reply_to gets one message naming
- * the problem, with or without an id (the field that failed is not reply_to). */
+ * the problem, with or without a usable id (the field that failed is not reply_to). */
 TEST(reply_to_on_rejection) {
     SETUP();
     pid_t w = wf_spawn(NULL, NULL, 0);
@@ -500,14 +500,16 @@ TEST(reply_to_on_rejection) {
     wf_push("voxq:jobs", "{\"id\":\"rj2\",\"reply_to\":\"rj:2\",\"text\":\"t\"}");
     wf_push("voxq:jobs", "{\"type\":\"synthesize\",\"reply_to\":\"rj:3\",\"text\":\"t\","
                          "\"top_p\":7}");
+    wf_push("voxq:jobs", "{\"id\":7,\"type\":\"synthesize\",\"reply_to\":\"rj:4\",\"text\":\"t\"}");
     wf_push("voxq:jobs", job("rj-after", "sleep:10"));
     ASSERT_TRUE(wf_wait_state("rj-after", "succeeded", 10000));
     ASSERT_TRUE(wf_wait_state("rj1", "rejected", 1000));
     rf_sleep_ms(200);
-    static const char *const want[3][2] = {{"rj:1", "'text' must be a string"},
+    static const char *const want[4][2] = {{"rj:1", "'text' must be a string"},
                                            {"rj:2", "'type' is required"},
-                                           {"rj:3", "top_p"}};
-    for (int i = 0; i < 3; i++) {
+                                           {"rj:3", "top_p"},
+                                           {"rj:4", "'id' must be a string"}};
+    for (int i = 0; i < 4; i++) {
         ASSERT_EQ(rf_int("LLEN %s", want[i][0]), 1);
         long long ttl = rf_int("TTL %s", want[i][0]);
         ASSERT_TRUE(ttl > 3500 && ttl <= 3600);
@@ -516,6 +518,48 @@ TEST(reply_to_on_rejection) {
         ASSERT_CONTAINS(msg, want[i][1]);
         if (i < 2) ASSERT_CONTAINS(msg, i ? "\"id\":\"rj2\"" : "\"id\":\"rj1\"");
         free(msg);
+    }
+    ASSERT_TRUE(wf_alive(w));
+    ASSERT_EQ(wf_proc_total(), 0);
+}
+
+/* 8 with a malformed copy: a bad payload reusing the id of a running job is dead-lettered and
+ * answered on its own reply_to, and leaves the running job's record alone, so that job's ack
+ * still finds its lease and the job succeeds. */
+TEST(malformed_copy_of_running_job) {
+    SETUP();
+    wf_spawn(NULL, NULL, 0);
+    wf_push("voxq:jobs", job("live1", "sleep:1500 audio:10"));
+    ASSERT_TRUE(wf_wait_state("live1", "running", 5000));
+    wf_push("voxq:jobs",
+            "{\"id\":\"live1\",\"type\":\"synthesize\",\"reply_to\":\"copy:r\",\"text\":5}");
+    ASSERT_TRUE(wf_wait_state("live1", "succeeded", 10000));
+    char *msg = rf_str("LINDEX copy:r 0");
+    ASSERT_CONTAINS(msg, "\"state\":\"rejected\"");
+    ASSERT_CONTAINS(msg, "\"id\":\"live1\"");
+    free(msg);
+    ASSERT_EQ(rf_int("LLEN copy:r"), 1);
+    ASSERT_EQ(rf_int("LLEN voxq:dead"), 1);
+    char *out = wf_field("live1", "output_path");
+    ASSERT_TRUE(out && out[0]);
+    free(out);
+}
+
+/* A worker holding more jobs than a fixed argument array had room for (the heartbeat carries one
+ * argument a held job): every job is still acknowledged and the heartbeat keeps the lease. */
+TEST(many_held_jobs_heartbeat) {
+    SETUP();
+    char id[32];
+    for (int i = 0; i < 100; i++) {
+        snprintf(id, sizeof id, "m%d", i);
+        wf_push("voxq:jobs", job(id, "sleep:30 audio:10"));
+    }
+    const char *env[] = {"VOXQ_CONCURRENCY=100", NULL};
+    pid_t w = wf_spawn(env, NULL, 0);
+    for (int i = 0; i < 100; i++) {
+        snprintf(id, sizeof id, "m%d", i);
+        ASSERT_TRUE(wf_wait_state(id, "succeeded", 30000));
+        ASSERT_EQ(wf_field_int(id, "attempts"), 1); /* never recovered as if the worker died */
     }
     ASSERT_TRUE(wf_alive(w));
     ASSERT_EQ(wf_proc_total(), 0);
