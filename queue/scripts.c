@@ -11,15 +11,20 @@
 
 #define PREAMBLE                                                                                   \
     "local P = ARGV[1]\n"                                                                          \
+    "local function reply(to, msg)\n"                                                              \
+    "  if type(to) ~= 'string' or to == '' then return end\n"                                      \
+    "  local t = redis.call('TYPE', to)\n"                                                         \
+    "  if type(t) == 'table' then t = t.ok end\n"                                                  \
+    "  if t ~= 'list' and t ~= 'none' then return end\n"                                           \
+    "  redis.call('RPUSH', to, msg)\n"                                                             \
+    "  redis.call('EXPIRE', to, 3600)\n"                                                           \
+    "end\n"                                                                                        \
     "local function emit(id, state, fields, reply_to, terminal)\n"                                 \
     "  local ev = {id = id, state = state}\n"                                                      \
     "  if fields then for k, v in pairs(fields) do ev[k] = v end end\n"                            \
     "  local msg = cjson.encode(ev)\n"                                                             \
     "  redis.call('PUBLISH', P .. 'ev:' .. id, msg)\n"                                             \
-    "  if terminal and type(reply_to) == 'string' and reply_to ~= '' then\n"                       \
-    "    redis.call('RPUSH', reply_to, msg)\n"                                                     \
-    "    redis.call('EXPIRE', reply_to, 3600)\n"                                                   \
-    "  end\n"                                                                                      \
+    "  if terminal then reply(reply_to, msg) end\n"                                                \
     "end\n"                                                                                        \
     "local function dead_letter(env)\n"                                                            \
     "  redis.call('LPUSH', P .. 'dead', cjson.encode(env))\n"                                      \
@@ -60,10 +65,7 @@ static const char claim_lua[] = PREAMBLE
     "  ev.duplicate = '1'\n"
     "  local msg = cjson.encode(ev)\n"
     "  redis.call('PUBLISH', P .. 'ev:' .. id, msg)\n"
-    "  if ARGV[11] ~= '' then\n"
-    "    redis.call('RPUSH', ARGV[11], msg)\n"
-    "    redis.call('EXPIRE', ARGV[11], 3600)\n"
-    "  end\n"
+    "  reply(ARGV[11], msg)\n"
     "  return {'done', attempts}\n"
     "end\n"
     "if redis.call('EXISTS', P .. 'cancel:' .. id) == 1 then\n"
@@ -156,11 +158,10 @@ static const char reject_lua[] = PREAMBLE
     "    'finished_at', ARGV[8])\n"
     "  redis.call('EXPIRE', jk, ARGV[9])\n"
     "  emit(ARGV[5], 'rejected', {error_code = ARGV[6], error = ARGV[7]}, ARGV[10], true)\n"
-    "elseif ARGV[10] ~= '' then\n"
+    "else\n"
     "  local msg = {state = 'rejected', error_code = ARGV[6], error = ARGV[7]}\n"
     "  if ARGV[5] ~= '' then msg.id = ARGV[5] end\n"
-    "  redis.call('RPUSH', ARGV[10], cjson.encode(msg))\n"
-    "  redis.call('EXPIRE', ARGV[10], 3600)\n"
+    "  reply(ARGV[10], cjson.encode(msg))\n"
     "end\n"
     "return 1\n";
 

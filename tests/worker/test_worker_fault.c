@@ -206,6 +206,36 @@ TEST(poison_job_dead_after_recoveries) {
     free(env);
 }
 
+/* 11 and 32 with a reply_to that names a key of another type (a hash): the terminal message is
+ * skipped instead of failing the script half way, so the poison job still ends dead (the push
+ * used to fail before the job left the dead worker's list: requeued forever) and a good job
+ * still succeeds. */
+TEST(reply_to_of_another_type) {
+    SETUP();
+    redisReply *r = rf_cmd("HSET not:alist f 1");
+    freeReplyObject(r);
+    wf_push("voxq:jobs", "{\"id\":\"poison2\",\"type\":\"synthesize\",\"reply_to\":"
+                         "\"not:alist\",\"text\":\"[S1] crash\"}");
+    wf_push("voxq:jobs", "{\"id\":\"fine2\",\"type\":\"synthesize\",\"reply_to\":"
+                         "\"not:alist\",\"text\":\"[S1] sleep:10\"}");
+    pid_t w = wf_spawn(NULL, NULL, 0);
+    int64_t end = rf_now_ms() + 30000;
+    int spawned = 1;
+    while (rf_now_ms() < end && !wf_wait_state("poison2", "failed", 100)) {
+        if (!wf_alive(w)) {
+            w = wf_spawn(NULL, NULL, 0);
+            spawned++;
+        }
+    }
+    ASSERT_TRUE(wf_wait_state("poison2", "failed", 100));
+    ASSERT_EQ(spawned, 4);
+    ASSERT_TRUE(wf_wait_state("fine2", "succeeded", 10000));
+    ASSERT_EQ(rf_int("HLEN not:alist"), 1); /* untouched */
+    rf_sleep_ms(500);
+    ASSERT_TRUE(wf_alive(w));
+    ASSERT_EQ(wf_proc_total(), 0);
+}
+
 /* 12: transient errors retry with growing delays until success, or die at max_attempts. */
 TEST(transient_errors_retry) {
     SETUP();
