@@ -2,9 +2,10 @@
 # Timeline of one sequence's decoder step without Nsight Systems: voxq-bench runs under the
 # CUPTI kernel tracer (libvoxq_trace.so, built from cupti-trace.c by stage.sh), then the kernels
 # of the last LAST step-graph launches (default 32) are lined up by their position in the step:
-# per position the kernel, its median duration and its median gap from the end of the kernel
-# before (negative: it overlapped, programmatic dependent launch), then per kernel name the sums
-# a step, then the step's span, busy time and gaps. Graph kernel nodes share the correlation id
+# per position the kernel, its median duration, its median gap from the end of the kernel before
+# (negative: it overlapped, programmatic dependent launch) and its median end increment (how much
+# later it ends than the kernel before: what it adds to the step when every kernel launches
+# early), then per kernel name the sums a step, then the step's span, busy time and gaps. Graph kernel nodes share the correlation id
 # of their graph launch; that is how steps are told apart.
 # Usage on the device: [START=N] sh tools/device/trace-step.sh [bf16|int8|int4] [seqs] [env ...]
 # (START: untimed steps first, voxq-bench --start)
@@ -14,7 +15,8 @@ cd "$(dirname "$0")/../.."
 [ -f "$G/libvoxq_trace.so" ] || { echo "trace-step: $G/libvoxq_trace.so not staged"; exit 0; }
 fmt=${1:-int8}; seqs=${2:-1}
 if [ $# -ge 2 ]; then shift 2; else shift $#; fi
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-13.0/targets/x86_64-linux/lib; do
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+    /usr/local/cuda-13.0/targets/x86_64-linux/lib; do
     [ -d "$d" ] && LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$d"
 done
 export LD_LIBRARY_PATH
@@ -64,16 +66,18 @@ pos = []
 for i in range(size):
     d = med((g[i][1] - g[i][0]) / 1e3 for g in steps)
     gp = med((g[i][0] - g[i - 1][1]) / 1e3 for g in steps) if i else float('nan')
-    pos.append((short[steps[-1][i][4]], d, gp))
-agg = collections.defaultdict(lambda: [0, 0.0, 0.0])
-for name, d, gp in pos:
-    a = agg[name]; a[0] += 1; a[1] += d; a[2] += gp if gp == gp else 0
-print(f"{'kernel':60} {'n/step':>6} {'us/step':>8} {'gap us/step':>11} {'median us':>9}")
-for name, (n, d, gp) in sorted(agg.items(), key=lambda kv: -kv[1][1]):
-    print(f"{name:60} {n:6d} {d:8.1f} {gp:11.1f} {d / n:9.2f}")
+    inc = med((g[i][1] - g[i - 1][1]) / 1e3 for g in steps) if i else d
+    pos.append((short[steps[-1][i][4]], d, gp, inc))
+agg = collections.defaultdict(lambda: [0, 0.0, 0.0, 0.0])
+for name, d, gp, inc in pos:
+    a = agg[name]; a[0] += 1; a[1] += d; a[2] += gp if gp == gp else 0; a[3] += inc
+print(f"{'kernel':60} {'n/step':>6} {'us/step':>8} {'gap us/step':>11} {'median us':>9}"
+      f" {'end incr. us/step':>17}")
+for name, (n, d, gp, inc) in sorted(agg.items(), key=lambda kv: -kv[1][3]):
+    print(f"{name:60} {n:6d} {d:8.1f} {gp:11.1f} {d / n:9.2f} {inc:17.1f}")
 if full:
-    print("position: kernel, median duration us, median gap us")
-    for i, (name, d, gp) in enumerate(pos):
+    print("position: kernel, median duration us, median gap us, median end increment us")
+    for i, (name, d, gp, inc) in enumerate(pos):
         if full > 1 or i < 16 or i >= size - 12:
-            print(f"{i:4d} {name:60} {d:7.2f} {gp:7.2f}")
+            print(f"{i:4d} {name:60} {d:7.2f} {gp:7.2f} {inc:7.2f}")
 PY
