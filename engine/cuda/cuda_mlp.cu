@@ -29,7 +29,6 @@
  * products: bf16 902 / 838, int8 947 / 929, int4 1013 / 951. Growing it into a chain of a
  * layer's products with a barrier between each (session 7, git 3b2a7b8) was slower than the
  * separate kernels with programmatic dependent launch: see docs/perf-notes.md. */
-#include <cuda_fp16.h>
 #include <cuda.h> /* CUtensorMap and its enums (types only; the encoder comes from the runtime) */
 #include <stdio.h>
 
@@ -153,44 +152,13 @@ __device__ __forceinline__ void mlp_bfrag(uint32_t *b, const __nv_bfloat16 *xs, 
     }
 }
 
-/* The int8 weights against fp16 x (F16 below): byte q as the fp16 1024 + (q ^ 0x80) = 1152 + q,
- * exactly (fp16 steps by 1 in [1024, 2048)): one XOR a 4 bytes and one byte permute a pair, 3
- * instructions a 4 bytes against 8 for bf16 q. The 1152 is not subtracted here: a product's
- * 1152 sum(x) is, from the staged x's sum, once at the end (F16_OFFSET). */
-#define F16_OFFSET 1152.f
-__device__ __forceinline__ void dequant_i8_f16(uint4 q, uint32_t *p) {
-    uint32_t w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-    for (int m = 0; m < 4; m++) {
-        uint32_t u = w[m] ^ 0x80808080u;
-        p[2 * m] = __byte_perm(u, 0x64646464u, 0x5140u);     /* bytes 0, 1 under 0x64 each */
-        p[2 * m + 1] = __byte_perm(u, 0x64646464u, 0x5342u); /* bytes 2, 3 */
-    }
-}
-__device__ __forceinline__ void mma_f16(float *c, uint32_t a0, uint32_t a1, uint32_t a2,
-                                        uint32_t a3, uint32_t b0, uint32_t b1) {
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
 /* acc += the mmas of one k-step: weight words wg (row g) and wg8 (row g + 8), int4 group
- * scales sg / sg8 of that k-step. F16: int8 weights as 1152 + q against fp16 x. */
-template <int FMT, bool F16>
+ * scales sg / sg8 of that k-step. */
+template <int FMT>
 __device__ __forceinline__ void mlp_kstep(float *acc, uint4 wg, uint4 wg8, float sg, float sg8,
                                           const uint32_t *b) {
     constexpr int PAIRS = mma_fmt<FMT>::V / 2;
     uint32_t p_g[PAIRS], p_g8[PAIRS];
-    if constexpr (F16) {
-        dequant_i8_f16(wg, p_g);
-        dequant_i8_f16(wg8, p_g8);
-#pragma unroll
-        for (int i = 0; i < PAIRS / 2; i++)
-            mma_f16(acc, p_g[2 * i], p_g8[2 * i], p_g[2 * i + 1], p_g8[2 * i + 1], b[2 * i],
-                    b[2 * i + 1]);
-        return;
-    }
     mma_fmt<FMT>::dequant(wg, p_g);
     mma_fmt<FMT>::dequant(wg8, p_g8);
     mma_kstep<FMT>(acc, p_g, p_g8, sg, sg8, b);
@@ -232,70 +200,7 @@ __device__ __forceinline__ void mlp_stage(__nv_bfloat16 *xs, int stride, const f
     }
 }
 
-/* F16: stages rows [0, n) of x [n, len] as fp16 x * nw / rms(x), and each row's sum of its
- * staged values into s_sx[row] (F16_OFFSET). The 1/rms applied before rounding bounds the
- * values whatever x holds: |x / rms| <= sqrt(len), so within fp16's range for |nw| up to
- * 65504 / sqrt(len) (1,447 at Dia's 2048). Two passes over a thread's units, kept in registers
- * (n len <= 8 F16_MAX_UNITS MLP_THREADS); nw0 as for mlp_stage. */
-#define F16_MAX_UNITS 4
-__device__ __forceinline__ void mlp_stage_f16(__half *xs, int stride, const float *src,
-                                              const float *nw, const float *nw0, float *s_ss,
-                                              float *s_sx, int n, int len, float eps) {
-    const int units = n * (len / 8), k0 = (int)threadIdx.x % (len / 8) * 8;
-    float v[F16_MAX_UNITS][8];
-#pragma unroll
-    for (int i = 0; i < F16_MAX_UNITS; i++) {
-        int u = (int)threadIdx.x + i * MLP_THREADS;
-        if (u < units) {
-            int row = u / (len / 8), k = (u - row * (len / 8)) * 8;
-            const float4 *p = (const float4 *)(src + (size_t)row * len + k);
-            float4 a = __ldcg(p), c = __ldcg(p + 1);
-            v[i][0] = a.x; v[i][1] = a.y; v[i][2] = a.z; v[i][3] = a.w;
-            v[i][4] = c.x; v[i][5] = c.y; v[i][6] = c.z; v[i][7] = c.w;
-        }
-    }
-    /* a warp's 32 units lie in one row (len % 256 == 0), so whole warps take each branch */
-#pragma unroll
-    for (int i = 0; i < F16_MAX_UNITS; i++) {
-        int u = (int)threadIdx.x + i * MLP_THREADS;
-        if (u < units) {
-            float ss = 0.f;
-#pragma unroll
-            for (int j = 0; j < 8; j++) ss = fmaf(v[i][j], v[i][j], ss);
-            ss = warp_sum(ss);
-            if (threadIdx.x % 32 == 0) atomicAdd(&s_ss[u / (len / 8)], ss);
-        }
-    }
-    __syncthreads();
-#pragma unroll
-    for (int i = 0; i < F16_MAX_UNITS; i++) {
-        int u = (int)threadIdx.x + i * MLP_THREADS;
-        if (u < units) {
-            int row = u / (len / 8), k = (u - row * (len / 8)) * 8;
-            float r = rsqrtf(s_ss[row] / (float)len + eps), m[8], sx = 0.f;
-            if (k == k0) {
-#pragma unroll
-                for (int j = 0; j < 8; j++) m[j] = nw0[j];
-            } else {
-                load8(nw + k, m);
-            }
-            uint32_t h[4];
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                __half2 t = __floats2half2_rn(v[i][2 * j] * m[2 * j] * r,
-                                              v[i][2 * j + 1] * m[2 * j + 1] * r);
-                float2 f = __half22float2(t);
-                sx += f.x + f.y;
-                h[j] = *(uint32_t *)&t;
-            }
-            *(uint4 *)(xs + row * stride + k) = make_uint4(h[0], h[1], h[2], h[3]);
-            sx = warp_sum(sx);
-            if (threadIdx.x % 32 == 0) atomicAdd(&s_sx[row], sx);
-        }
-    }
-}
-
-template <int FMT, bool F16>
+template <int FMT>
 __global__ void __launch_bounds__(MLP_THREADS, 1)
 k_mlp(const mlp_args a, const __grid_constant__ CUtensorMap tgu,
       const __grid_constant__ CUtensorMap td) {
@@ -303,7 +208,7 @@ k_mlp(const mlp_args a, const __grid_constant__ CUtensorMap tgu,
     constexpr int KSTEPS = MLP_SLICE / 64; /* k-steps a slot (64 weight bytes a row each) */
     constexpr int RING = MLP_RING, SLICE = MLP_SLICE;
     extern __shared__ __align__(128) unsigned char smem[];
-    __shared__ float s_ss[MLP_MAX_ROWS], s_sx[MLP_MAX_ROWS]; /* sums of x^2, of staged x (F16) */
+    __shared__ float s_ss[MLP_MAX_ROWS];
     __shared__ float4 s_red[MLP_WARPS][32];
     __shared__ __align__(8) uint64_t s_full[MLP_WARPS][4 + 1]; /* + the scales' */
     __shared__ __align__(8) uint64_t s_act;
@@ -353,7 +258,7 @@ k_mlp(const mlp_args a, const __grid_constant__ CUtensorMap tgu,
 
     trace_pt(a, 0);
     pdl_trigger();
-    if (threadIdx.x < MLP_MAX_ROWS) s_ss[threadIdx.x] = s_sx[threadIdx.x] = 0.f;
+    if (threadIdx.x < MLP_MAX_ROWS) s_ss[threadIdx.x] = 0.f;
     if (threadIdx.x == 0) mbar_init(&s_act, 1);
     if (lane == 0) {
         for (int i = 0; i <= RING; i++) mbar_init(&full[i], 1);
@@ -383,27 +288,22 @@ k_mlp(const mlp_args a, const __grid_constant__ CUtensorMap tgu,
         }
         if (SB && (int)threadIdx.x < 16 * n) s_down = __ldg(a.sd + 16 * mtb + threadIdx.x % 16);
     }
-    float nw0[8];
+    float nw0[8]; /* the norm weights of this thread's first staging unit */
     load8(a.norm + (int)threadIdx.x % (H / 8) * 8, nw0);
     __syncthreads(); /* s_ss zeroed */
     pdl_wait();
-    /* x * norm staged as bf16, and the sums of squares of raw x (1/rms at the end); F16: x *
-     * norm / rms as fp16 */
+    /* x * norm staged as bf16, and the sums of squares of raw x (1/rms at the end) */
     const int stride_a = H + PAD, stride_b = F + PAD;
-    if (F16)
-        mlp_stage_f16((__half *)xs, stride_a, a.x, a.norm, nw0, s_ss, s_sx, n, H, a.eps);
-    else
-        mlp_stage<FMT>(xs, stride_a, a.x, a.norm, nw0, s_ss, n, H);
+    mlp_stage<FMT>(xs, stride_a, a.x, a.norm, nw0, s_ss, n, H);
     __syncthreads();
     trace_pt(a, 1);
     if (FMT == ENG_W_I4) mbar_wait(&full[RING], 0);
 
     /* One slot: KSTEPS k-steps of rows g and g + 8 against staged column g, into two
      * accumulators by k-step parity (two mma chains in flight), then the slot is refilled
-     * RING slices on. ks0: the slot's first k-step in the staged x; f16: the slot is phase A's
-     * with F16 (a constant where the loops below inline it). */
+     * RING slices on. ks0: the slot's first k-step in the staged x. */
     auto run_slot = [&](float (*acc)[4], int j, int stride, int ks0, const float *scl, int scw,
-                        int ksc0, bool f16) {
+                        int ksc0) {
         mbar_wait(&full[j % RING], (unsigned)(j / RING) & 1u);
         const unsigned char *sl = ring + (size_t)(j % RING) * MLP_SLOT;
 #pragma unroll
@@ -420,10 +320,7 @@ k_mlp(const mlp_args a, const __grid_constant__ CUtensorMap tgu,
             }
             uint32_t b[V / 2];
             mlp_bfrag<FMT>(b, xs, stride, g, n, (ks0 + u) * KW + t * V);
-            if (f16)
-                mlp_kstep<FMT, true>(acc[u % 2], wg, wg8, sg, sg8, b);
-            else
-                mlp_kstep<FMT, false>(acc[u % 2], wg, wg8, sg, sg8, b);
+            mlp_kstep<FMT>(acc[u % 2], wg, wg8, sg, sg8, b);
         }
         __syncwarp();
         if (j + RING < S) issue(j + RING);
@@ -432,7 +329,7 @@ k_mlp(const mlp_args a, const __grid_constant__ CUtensorMap tgu,
     /* Phase A: silu(gate) * up of m-tile mt into act. */
     float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
     for (int j = 0; j < SA; j++)
-        run_slot(acc, j, stride_a, j * KSTEPS, scA, gpa, j * KSTEPS, F16);
+        run_slot(acc, j, stride_a, j * KSTEPS, scA, gpa, j * KSTEPS);
     /* act as bf16 rows [n][F] in the pair order of FMT (the staging phase B copies as is): output
      * q = 8 mt + g is element g of the group of 8 at 8 mt (int4: x0 x4 x1 x5 x2 x6 x3 x7). */
     __nv_bfloat16 *actb = (__nv_bfloat16 *)a.act;
@@ -442,11 +339,9 @@ k_mlp(const mlp_args a, const __grid_constant__ CUtensorMap tgu,
         for (int e = 0; e < 2; e++) {
             int col = 2 * t + e;
             if (col < n) {
-                /* F16: x was staged times 1/rms, and the weights carry F16_OFFSET */
-                float r = F16 ? 1.f : rsqrtf(s_ss[col] / (float)H + a.eps);
-                float off = F16 ? F16_OFFSET * s_sx[col] : 0.f;
-                float gate = (acc[0][e] + acc[1][e] - off) * r * s_gate;
-                float up = (acc[0][2 + e] + acc[1][2 + e] - off) * r * s_up;
+                float r = rsqrtf(s_ss[col] / (float)H + a.eps);
+                float gate = (acc[0][e] + acc[1][e]) * r * s_gate;
+                float up = (acc[0][2 + e] + acc[1][2 + e]) * r * s_up;
                 actb[(size_t)col * F + q] = __float2bfloat16_rn(silu_mul(gate, up));
             }
         }
@@ -473,7 +368,7 @@ k_mlp(const mlp_args a, const __grid_constant__ CUtensorMap tgu,
 #pragma unroll
     for (int e = 0; e < 4; e++) acc[0][e] = acc[1][e] = 0.f;
     for (int j = SA; j < S; j++)
-        run_slot(acc, j, stride_b, kb0 + (j - SA) * KSTEPS, scB, gpb, (j - SA) * KSTEPS, false);
+        run_slot(acc, j, stride_b, kb0 + (j - SA) * KSTEPS, scB, gpb, (j - SA) * KSTEPS);
     s_red[warp][lane] = make_float4(acc[0][0] + acc[1][0], acc[0][1] + acc[1][1],
                                     acc[0][2] + acc[1][2], acc[0][3] + acc[1][3]);
     __syncthreads();
@@ -602,16 +497,16 @@ static int mlp_shape_ok(const cuda_impl *c, const eng_tensor *x, const eng_tenso
     return mlp_smem(fmt, n, H, F, gu->group) + 8 * 1024 <= c->smem_optin;
 }
 
-template <int FMT, bool F16>
+template <int FMT>
 static cudaError_t launch_mlp(cuda_impl *c, const mlp_args &a, const CUtensorMap *tm,
                               size_t smem) {
     static unsigned done;
-    cudaError_t e = smem_optin(k_mlp<FMT, F16>, 227 * 1024 - 8 * 1024, &done);
+    cudaError_t e = smem_optin(k_mlp<FMT>, 227 * 1024 - 8 * 1024, &done);
     if (e != cudaSuccess) return e;
     cudaLaunchAttribute attr[2];
     cudaLaunchConfig_t cfg = pdl_cluster_config(dim3((unsigned)c->sm_count), dim3(MLP_THREADS),
                                                 smem, c->stream, attr, 1);
-    return cudaLaunchKernelEx(&cfg, k_mlp<FMT, F16>, a, tm[0], tm[1]);
+    return cudaLaunchKernelEx(&cfg, k_mlp<FMT>, a, tm[0], tm[1]);
 }
 
 int cuda_mlp(eng_backend *be, eng_tensor *x, eng_tensor *act, const eng_weight *gate_up,
@@ -645,16 +540,9 @@ int cuda_mlp(eng_backend *be, eng_tensor *x, eng_tensor *act, const eng_weight *
         return eng_backend_fail(be, ENG_EDEVICE, "mlp: the driver refused a tensor map of the "
                                 "weights (%lld x %lld)", (long long)a.H, (long long)a.F);
     size_t smem = mlp_smem(gate_up->fmt, a.n, a.H, a.F, a.group);
-    /* int8 gate_up against fp16 x (VOXQ_CUDA_MLP_F16, default on) where the staging's
-     * registers hold x (n H <= 8 F16_MAX_UNITS MLP_THREADS) */
-    static int f16 = -1;
-    if (f16 < 0) f16 = (int)cuda_env_knob("VOXQ_CUDA_MLP_F16", 1, 0, 1);
-    bool use_f16 = f16 && gate_up->fmt == ENG_W_I8 &&
-                   (int64_t)a.n * a.H <= 8 * F16_MAX_UNITS * MLP_THREADS;
-    cudaError_t e = use_f16                    ? launch_mlp<ENG_W_I8, true>(c, a, tm, smem)
-                    : gate_up->fmt == ENG_W_I8 ? launch_mlp<ENG_W_I8, false>(c, a, tm, smem)
-                    : gate_up->fmt == ENG_W_I4 ? launch_mlp<ENG_W_I4, false>(c, a, tm, smem)
-                                               : launch_mlp<ENG_W_BF16, false>(c, a, tm, smem);
+    cudaError_t e = gate_up->fmt == ENG_W_I8   ? launch_mlp<ENG_W_I8>(c, a, tm, smem)
+                    : gate_up->fmt == ENG_W_I4 ? launch_mlp<ENG_W_I4>(c, a, tm, smem)
+                                               : launch_mlp<ENG_W_BF16>(c, a, tm, smem);
     if (e != cudaSuccess)
         return eng_backend_fail(be, ENG_EDEVICE, "mlp: launch: %s", cudaGetErrorString(e));
     return 0;

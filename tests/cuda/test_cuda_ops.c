@@ -502,9 +502,9 @@ TEST(mlp_block_one_launch) {
     }
 }
 
-/* The same block where x and silu(gate) * up lie far outside fp16's range (|x| to 1e5, norm
- * weights to 64: the products reach ~1e5 too): the int8 block stages both as fp16 (cuda_mlp.cu,
- * F16), so it must scale them first; an overflow would give inf, a poor scale lost digits. */
+/* The same block at large magnitudes (|x| to 1e5, norm weights to 64: the products reach ~1e5
+ * too), where a staging in a narrow type would overflow to inf or lose digits; an fp16 staging
+ * of x tried in session 9 (docs/perf-notes.md) had to scale x by 1/rms first. */
 TEST(mlp_block_large_values) {
     const int64_t ns[] = {1, 2, 4};
     for (size_t f = 0; f < 3 && !test_failed_; f++)
