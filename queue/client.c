@@ -87,7 +87,9 @@ static void on_claimed(queue *q, redisReply *r, void *priv) {
             q->stats.cancelled++;
             qstate_changed(q, d->job.id, "cancelled");
             qlog("job %s: cancelled before start", d->job.id);
-        } else if (!strcmp(outcome, "delayed"))
+        } else if (!strcmp(outcome, "dropped"))
+            qlog("job %s: a copy of a job being cancelled on another worker; dropped", d->job.id);
+        else if (!strcmp(outcome, "delayed"))
             qlog("job %s: running elsewhere; duplicate re-delayed", d->job.id);
         else if (!strcmp(outcome, "gone"))
             qlog("job %s: no longer in this worker's processing list", d->job.id);
@@ -126,7 +128,7 @@ static void handle_raw(queue *q, const char *raw, size_t len) {
         qop_arg(op, err.code);
         qop_arg(op, err.message);
         qop_argf(op, "%lld", (long long)queue_now_ms());
-        qop_argf(op, "%ld", 86400L);
+        qop_argf(op, "%ld", d->job.result_ttl_s); /* the job's when it gave a valid one */
         qop_arg(op, d->job.reply_to); /* parsed first, so known unless it was the bad field */
         qop_submit(q, op);
         return;
@@ -140,18 +142,21 @@ static void handle_raw(queue *q, const char *raw, size_t len) {
     qop *op = qop_script(q, QS_CLAIM, on_claimed, d, 1);
     qop_arg(op, q->wid);
     qop_argn(op, raw, len);
-    if (d->job.id_assigned) {
-        size_t n;
-        char *withid = queue_job_with_id(raw, len, d->job.id, &n);
-        if (withid) {
-            qop_argn(op, withid, n);
-            d->orig_raw = d->raw; /* still what the list holds until the claim runs */
-            d->orig_len = d->raw_len;
-            d->raw = withid;
-            d->raw_len = n;
-        } else {
-            op->argc = -1;
-        }
+    /* The claim stores the canonical payload in place of raw (an assigned id written in,
+     * repeated keys dropped), so every script and every retry or recovery reads this job. */
+    char *canon;
+    size_t canon_len;
+    if (queue_job_canonical(raw, len, &d->job, &canon, &canon_len) != 0) {
+        op->argc = -1;
+    } else if (canon) {
+        if (d->job.duplicate_keys)
+            qlog("job %s: %d repeated key(s) ignored (the first of each wins); kept without them",
+                 d->job.id, d->job.duplicate_keys);
+        qop_argn(op, canon, canon_len);
+        d->orig_raw = d->raw; /* still what the list holds until the claim runs */
+        d->orig_len = d->raw_len;
+        d->raw = canon;
+        d->raw_len = canon_len;
     } else {
         qop_arg(op, "");
     }
@@ -433,7 +438,8 @@ static void reap(queue *q) {
     qop_argf(op, "%d", q->cfg.max_recoveries);
     qop_arg(op, "100");
     qop_argf(op, "%d", q->cfg.reaper_ms > 150 ? q->cfg.reaper_ms - 50 : 100);
-    qop_arg(op, "86400");
+    qop_argf(op, "%d", QUEUE_RESULT_TTL_S);
+    qop_argf(op, "%ld", q->cfg.limits.result_ttl_cap_s);
     qop_submit(q, op);
 }
 
@@ -498,6 +504,7 @@ int queue_new(uv_loop_t *loop, const queue_config *cfg, const queue_callbacks *c
     if (q->cfg.capacity < 1) q->cfg.capacity = 1;
     if (q->cfg.block_timeout_s < 1) q->cfg.block_timeout_s = 1;
     snprintf(q->prefix, sizeof q->prefix, "%s", cfg->prefix);
+    q->cfg.limits.key_prefix = q->prefix; /* reply_to may not name our own keys */
     if (cfg->worker_id && cfg->worker_id[0]) {
         snprintf(q->wid, sizeof q->wid, "%s", cfg->worker_id);
     } else {

@@ -4,9 +4,12 @@
  * (cJSON_GetObjectItemCaseSensitive), the length is explicit (cJSON_ParseWithLengthOpts), the
  * nesting limit is cJSON's 1000, invalid UTF-8 passes cJSON unchecked so text is validated here,
  * "\u0000" would silently truncate a cJSON string so payloads holding it are refused,
- * numbers are doubles so ids must be strings. With duplicate keys cJSON returns the first. */
+ * numbers are doubles so ids must be strings. With duplicate keys cJSON returns the first, and
+ * the first wins (spec §6 case 6); the scripts' Lua cjson would take the last, so a payload that
+ * repeats a key is kept in Redis in its canonical form (queue_job_canonical). */
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <math.h>
 #include <stdio.h>
@@ -27,6 +30,24 @@ void queue_job_limits_default(queue_job_limits *lim) {
     lim->max_seconds_cap = 60;
     lim->timeout_s_cap = 3600;
     lim->result_ttl_cap_s = 30L * 86400;
+    lim->key_prefix = "voxq:";
+}
+
+/* 1 when key is one of the service's own keys under prefix. With a prefix the whole namespace
+ * is the service's (keys added later included); without one only the names it uses. */
+static int key_reserved(const char *key, const char *prefix) {
+    size_t n = strlen(prefix);
+    if (strncmp(key, prefix, n) != 0) return 0;
+    if (n > 0) return 1;
+    static const char *const exact[] = {"jobs", "jobs:hi", "workers", "delayed", "dead",
+                                        "reaper:lock", NULL};
+    static const char *const families[] = {"proc:", "hb:", "job:", "cancel:", "lock:", "ev:",
+                                           NULL};
+    for (const char *const *e = exact; *e; e++)
+        if (!strcmp(key, *e)) return 1;
+    for (const char *const *f = families; *f; f++)
+        if (!strncmp(key, *f, strlen(*f))) return 1;
+    return 0;
 }
 
 void queue_random_hex(char out[33]) {
@@ -203,6 +224,142 @@ static int in_list(const char *const *list, const char *s) {
     return 0;
 }
 
+/* One top-level member of a payload, for finding repeated keys. */
+typedef struct member_key {
+    const char *key; /* as decoded: "i\u0064" is "id", to cJSON and to Lua cjson alike */
+    size_t at;       /* position in the object */
+} member_key;
+
+static int member_key_cmp(const void *a, const void *b) {
+    const member_key *x = a, *y = b;
+    int c = strcmp(x->key, y->key);
+    if (c != 0) return c;
+    return x->at < y->at ? -1 : x->at > y->at;
+}
+
+/* Counts the top-level members of obj whose key an earlier member already has, and when later
+ * is not NULL sets later[i] to 1 for each of them (i = position in the object), 0 for the rest:
+ * what is left is the first of each key, the one cJSON_GetObjectItemCaseSensitive returns, so
+ * what queue_job_parse read. Sorted, so O(n log n) in the members, of which a 1 MiB payload can
+ * hold 10^5. Returns the count, or -1 when out of memory. */
+static long mark_repeats(const cJSON *obj, unsigned char *later) {
+    size_t n = 0;
+    for (const cJSON *it = obj->child; it; it = it->next) n++;
+    if (later) memset(later, 0, n);
+    if (n < 2) return 0;
+    member_key *m = malloc(n * sizeof *m);
+    if (!m) return -1;
+    size_t k = 0;
+    for (const cJSON *it = obj->child; it; it = it->next, k++)
+        m[k] = (member_key){it->string ? it->string : "", k};
+    qsort(m, n, sizeof *m, member_key_cmp);
+    long repeats = 0;
+    for (size_t i = 1; i < n; i++) {
+        if (strcmp(m[i].key, m[i - 1].key) != 0) continue;
+        repeats++;
+        if (later) later[m[i].at] = 1;
+    }
+    free(m);
+    return repeats;
+}
+
+/* raw[at..] past what cJSON skips as whitespace (every byte <= 32). */
+static size_t skip_space(const char *raw, size_t len, size_t at) {
+    while (at < len && (unsigned char)raw[at] <= 32) at++;
+    return at;
+}
+
+/* Past the JSON value (or key) starting at raw[at]: a string, an object or array with what it
+ * holds, or a scalar. raw is JSON that cJSON accepted, so no error is checked for. */
+static size_t skip_value(const char *raw, size_t len, size_t at) {
+    int depth = 0, in_string = 0;
+    for (; at < len; at++) {
+        char c = raw[at];
+        if (in_string) {
+            if (c == '\\') {
+                at++;
+            } else if (c == '"') {
+                in_string = 0;
+                if (depth == 0) return at + 1;
+            }
+        } else if (c == '"') {
+            in_string = 1;
+        } else if (c == '{' || c == '[') {
+            depth++;
+        } else if (c == '}' || c == ']') {
+            if (depth == 0) return at; /* the end of a scalar that closes its container */
+            if (--depth == 0) return at + 1;
+        } else if (depth == 0 && (c == ',' || (unsigned char)c <= 32)) {
+            return at;
+        }
+    }
+    return at;
+}
+
+/* raw (an object cJSON parsed as obj) without the members marked in later[], and with
+ * "id":"<id>" first when id is not NULL. The members kept are copied byte for byte: a reprint
+ * would not do, cJSON prints numbers with 15 significant digits when that reads back within
+ * an epsilon, so a seed of 9007199254740991 would come back as 9007199254740990. NULL on OOM
+ * or if raw does not have obj's shape (it always has). */
+static char *splice_members(const char *raw, size_t len, const cJSON *obj,
+                            const unsigned char *later, const char *id, size_t *out_len) {
+    size_t open = 0;
+    if (len >= 3 && !memcmp(raw, "\xEF\xBB\xBF", 3)) open = 3; /* cJSON skips a BOM */
+    open = skip_space(raw, len, open);
+    if (open >= len || raw[open] != '{') return NULL;
+    size_t idn = id ? strlen(id) + 8 : 0; /* "id":"<id>", */
+    char *out = malloc(len + idn + 1);
+    if (!out) return NULL;
+    memcpy(out, raw, open + 1);
+    size_t w = open + 1;
+    if (id) w += (size_t)sprintf(out + w, "\"id\":\"%s\"", id);
+    size_t at = open + 1, close = skip_space(raw, len, open + 1); /* "{}" has no members */
+    size_t i = 0;
+    for (const cJSON *it = obj->child; it; it = it->next, i++) {
+        size_t start = skip_space(raw, len, at);
+        at = skip_space(raw, len, skip_value(raw, len, start)); /* past the key */
+        if (at >= len || raw[at] != ':') break;
+        at = skip_value(raw, len, skip_space(raw, len, at + 1)); /* past the value */
+        if (!later[i]) {
+            if (w > open + 1) out[w++] = ',';
+            memcpy(out + w, raw + start, at - start);
+            w += at - start;
+        }
+        close = at = skip_space(raw, len, at);
+        if (at < len && raw[at] == ',') at++;
+    }
+    if (i != (size_t)cJSON_GetArraySize(obj) || close >= len || raw[close] != '}') {
+        free(out);
+        return NULL;
+    }
+    memcpy(out + w, raw + close, len - close);
+    w += len - close;
+    out[w] = '\0';
+    *out_len = w;
+    return out;
+}
+
+/* The default output "<name>.<format>" of a job, where name is its id made a file name. Ids may
+ * hold ':' and start with '.', file names here may not (a leading '.' would also look like a
+ * writer's temp file), so '_' escapes: '_' -> "__", ':' -> "_-", a leading '.' -> "_.". No
+ * escape is a prefix of another, so distinct ids never share a file ("a:b" is "a_-b", "a_b" is
+ * "a__b"). Returns -1 when the name does not fit in cap bytes (an id of 128 mostly ':' or '_'). */
+static int default_output(const char *id, const char *format, char *out, size_t cap) {
+    size_t w = 0;
+    for (const char *c = id; *c; c++) {
+        char esc = *c == '_' ? '_' : *c == ':' ? '-' : (*c == '.' && c == id) ? '.' : 0;
+        if (w + 2 >= cap) return -1;
+        if (esc) {
+            out[w++] = '_';
+            out[w++] = esc;
+        } else {
+            out[w++] = *c;
+        }
+    }
+    int n = snprintf(out + w, cap - w, ".%s", format);
+    return n < 0 || (size_t)n >= cap - w ? -1 : 0;
+}
+
 /* Fields every synthesize job may carry. Knobs outside the ranges Dia accepts are rejected so a
  * bad request fails fast instead of sampling garbage. */
 static int parse_synthesize(const cJSON *obj, const queue_job_limits *lim, queue_job *job,
@@ -254,10 +411,10 @@ static int parse_synthesize(const cJSON *obj, const queue_job_limits *lim, queue
             return fail(err, "path_escape", "output",
                         "field 'output' must be a relative path inside the output directory "
                         "(components of [A-Za-z0-9._-], no '..' or leading '.')");
-    } else {
-        snprintf(job->output, sizeof job->output, "%s.%s", job->id, job->format);
-        for (char *c = job->output; *c; c++)
-            if (*c == ':') *c = '_'; /* ids may hold ':'; file names here do not */
+    } else if (default_output(job->id, job->format, job->output, sizeof job->output) != 0) {
+        return fail(err, "invalid_field", "output",
+                    "the default file name made from this id is longer than %d bytes; give "
+                    "field 'output'", QUEUE_PATH_MAX);
     }
     job->text = malloc(n + 1);
     if (!job->text) return fail(err, "invalid_field", "text", "out of memory copying 'text'");
@@ -276,10 +433,14 @@ static int parse_quantize(const cJSON *obj, queue_job *job, queue_job_error *err
     if (strcmp(job->method, "int8") && strcmp(job->method, "int4"))
         return fail(err, "invalid_field", "method", "field 'method' must be int8 or int4, not '%s'",
                     job->method);
+    if (job->model[0] && !queue_path_safe(job->model))
+        return fail(err, "invalid_field", "model", "field 'model' must be a plain name");
+    /* Only the original weights can be quantized (worker/quantize.h): any other source is bad
+     * input, so it is rejected here rather than failed by the worker. */
     if (!job->source[0]) strcpy(job->source, "original");
-    if (!queue_path_safe(job->source) || (job->model[0] && !queue_path_safe(job->model)))
-        return fail(err, "invalid_field", job->model[0] ? "model" : "source",
-                    "model and source must be plain names");
+    if (strcmp(job->source, "original") != 0)
+        return fail(err, "invalid_field", "source",
+                    "field 'source' must be \"original\" (the only variant that is quantized)");
     return 0;
 }
 
@@ -292,6 +453,7 @@ int queue_job_parse(const char *raw, size_t len, const queue_job_limits *lim, qu
     }
     memset(job, 0, sizeof *job);
     memset(err, 0, sizeof *err);
+    job->result_ttl_s = QUEUE_RESULT_TTL_S; /* what a rejection uses when none was parsed */
     if (len > lim->max_payload_bytes)
         return fail(err, "too_large", "", "payload has %zu bytes; the maximum is %zu", len,
                     lim->max_payload_bytes);
@@ -331,13 +493,32 @@ int queue_job_parse(const char *raw, size_t len, const queue_job_limits *lim, qu
         fail(err, "not_object", "", "payload must be a JSON object");
         goto out;
     }
-    /* reply_to before the other fields: a job rejected for any of them still gets its one
-     * terminal message there (queue.md 32). A bad reply_to itself is left empty. */
-    if (get_string(obj, "reply_to", job->reply_to, sizeof job->reply_to, err)) goto out;
-    if (job->reply_to[0] && !queue_utf8_valid(job->reply_to, strlen(job->reply_to))) {
-        job->reply_to[0] = '\0';
-        fail(err, "invalid_field", "reply_to", "field 'reply_to' is not valid UTF-8");
+    /* Repeated keys: the first wins (cJSON's lookups return it); the caller stores the job
+     * without the repeats, so the scripts read the same job (queue_job_canonical). */
+    long dups = mark_repeats(obj, NULL);
+    if (dups < 0) {
+        fail(err, "too_large", "", "out of memory checking the payload for repeated keys");
         goto out;
+    }
+    job->duplicate_keys = (int)(dups < INT_MAX ? dups : INT_MAX);
+    /* reply_to before the other fields: a job rejected for any of them still gets its one
+     * terminal message there (queue.md 32). A bad reply_to itself is left empty (nothing is
+     * pushed there) and reported once the id is read, so the job's record says why. */
+    queue_job_error reply_err;
+    memset(&reply_err, 0, sizeof reply_err);
+    int reply_bad =
+        get_string(obj, "reply_to", job->reply_to, sizeof job->reply_to, &reply_err);
+    const char *prefix = lim->key_prefix ? lim->key_prefix : "voxq:";
+    if (!reply_bad && job->reply_to[0] &&
+        !queue_utf8_valid(job->reply_to, strlen(job->reply_to))) {
+        job->reply_to[0] = '\0';
+        reply_bad = fail(&reply_err, "invalid_field", "reply_to",
+                         "field 'reply_to' is not valid UTF-8");
+    } else if (!reply_bad && job->reply_to[0] && key_reserved(job->reply_to, prefix)) {
+        job->reply_to[0] = '\0';
+        reply_bad = fail(&reply_err, "invalid_field", "reply_to",
+                         "field 'reply_to' names a key of the queue service itself (prefix "
+                         "'%.60s'); use a list key outside it", prefix);
     }
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(obj, "id");
     if (id) {
@@ -358,6 +539,16 @@ int queue_job_parse(const char *raw, size_t len, const queue_job_limits *lim, qu
         snprintf(job->id, sizeof job->id, "w-%s", hex);
         job->id_assigned = 1;
     }
+    if (reply_bad) {
+        *err = reply_err;
+        goto out;
+    }
+    /* result_ttl_s next, so a job rejected for a later field keeps its record as long as it
+     * asked (when it asked validly); otherwise the default stays. */
+    double ttl = QUEUE_RESULT_TTL_S;
+    if (get_number(obj, "result_ttl_s", 1, (double)lim->result_ttl_cap_s, 1, &ttl, err))
+        goto out;
+    job->result_ttl_s = (long)ttl;
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, "v");
     if (v && !(cJSON_IsNumber(v) && v->valuedouble == 1)) {
         fail(err, "invalid_field", "v", "field 'v' must be 1 (this worker speaks schema v1)");
@@ -376,15 +567,13 @@ int queue_job_parse(const char *raw, size_t len, const queue_job_limits *lim, qu
         fail(err, "unknown_type", "type", "field 'type' must be \"synthesize\" or \"quantize\"");
         goto out;
     }
-    double max_attempts = 3, ttl = 86400;
+    double max_attempts = 3;
     char priority[16] = "";
     if (get_number(obj, "max_attempts", 1, lim->max_attempts_cap, 1, &max_attempts, err) ||
         get_number(obj, "timeout_s", 0, lim->timeout_s_cap, 0, &job->timeout_s, err) ||
-        get_number(obj, "result_ttl_s", 1, (double)lim->result_ttl_cap_s, 1, &ttl, err) ||
         get_string(obj, "priority", priority, sizeof priority, err))
         goto out;
     job->max_attempts = (int)max_attempts;
-    job->result_ttl_s = (long)ttl;
     if (priority[0] && strcmp(priority, "hi") && strcmp(priority, "normal")) {
         fail(err, "invalid_field", "priority", "field 'priority' must be \"hi\" or \"normal\"");
         goto out;
@@ -418,4 +607,29 @@ void queue_job_free(queue_job *job) {
     if (!job) return;
     free(job->text);
     job->text = NULL;
+}
+
+int queue_job_canonical(const char *raw, size_t len, const queue_job *job, char **out,
+                        size_t *out_len) {
+    *out = NULL;
+    *out_len = 0;
+    if (!job->duplicate_keys) {
+        if (!job->id_assigned) return 0; /* raw is what the scripts should read */
+        *out = queue_job_with_id(raw, len, job->id, out_len);
+        return *out ? 0 : -1;
+    }
+    /* Repeated keys: which to drop is cJSON's reading of the keys (decoded, in order), as
+     * queue_job_parse saw them; raw passed it, so it parses again and only memory can fail. */
+    char *buf = malloc(len + 1);
+    if (!buf) return -1;
+    memcpy(buf, raw, len);
+    buf[len] = '\0';
+    cJSON *obj = cJSON_ParseWithLengthOpts(buf, len + 1, NULL, 1);
+    free(buf);
+    unsigned char *later = obj ? malloc((size_t)cJSON_GetArraySize(obj) + 1) : NULL;
+    if (later && cJSON_IsObject(obj) && mark_repeats(obj, later) >= 0)
+        *out = splice_members(raw, len, obj, later, job->id_assigned ? job->id : NULL, out_len);
+    free(later);
+    cJSON_Delete(obj);
+    return *out ? 0 : -1;
 }

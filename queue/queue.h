@@ -26,6 +26,7 @@
 #define QUEUE_NAME_MAX 64       /* model, variant, method, source names */
 #define QUEUE_PATH_MAX 255      /* output path relative to the output directory */
 #define QUEUE_KEY_MAX 200       /* reply_to list key */
+#define QUEUE_RESULT_TTL_S 86400 /* result_ttl_s when a job gives none (or none valid) */
 
 typedef enum queue_job_type { QUEUE_JOB_SYNTHESIZE = 1, QUEUE_JOB_QUANTIZE = 2 } queue_job_type;
 
@@ -37,6 +38,9 @@ typedef struct queue_job_limits {
     double max_seconds_cap;     /* longest audio a job may ask for (default 60) */
     double timeout_s_cap;       /* default 3600 */
     long result_ttl_cap_s;      /* default 30 days */
+    /* The service's key prefix: a reply_to inside it is refused (a terminal message pushed onto
+     * a queue or processing list would be fetched as a job). NULL = "voxq:". */
+    const char *key_prefix;
 } queue_job_limits;
 
 void queue_job_limits_default(queue_job_limits *lim);
@@ -46,11 +50,13 @@ typedef struct queue_job {
     queue_job_type type;
     char id[QUEUE_ID_MAX + 1];
     int id_assigned;            /* 1 when the payload had no id and queue_job_parse made one */
+    int duplicate_keys;         /* top-level members repeating an earlier key (ignored: the
+                                 * first of each wins); > 0 means raw is not canonical */
     int max_attempts;           /* default 3 */
     double timeout_s;           /* 0 = none */
     int priority_hi;            /* "priority": "hi" */
     char reply_to[QUEUE_KEY_MAX + 1];
-    long result_ttl_s;          /* default 86400 */
+    long result_ttl_s;          /* default QUEUE_RESULT_TTL_S, also after a failed parse */
     /* synthesize */
     char *text;
     size_t text_len;
@@ -62,7 +68,7 @@ typedef struct queue_job {
     double cfg_scale, temperature, top_p;  /* Dia defaults 3.0, 1.2, 0.95 */
     int cfg_filter_top_k;       /* default 45 */
     double max_seconds;         /* default 0 = the model's own cap */
-    char output[QUEUE_PATH_MAX + 1]; /* relative path; default "<id>.<format>" */
+    char output[QUEUE_PATH_MAX + 1]; /* relative path; default "<id escaped>.<format>" */
     /* quantize */
     char source[QUEUE_NAME_MAX + 1];   /* default "original" */
     char method[QUEUE_NAME_MAX + 1];   /* int8 | int4 */
@@ -82,8 +88,9 @@ typedef struct queue_job_error {
 
 /* Parses and validates the payload raw[0..len) (need not be NUL-terminated). On success fills
  * *job (call queue_job_free) and returns 0. On failure returns -1 with *err filled and *job
- * holding nothing to free. Lookups are case-sensitive; with duplicate keys the first wins; a
- * payload without "id" gets a fresh random one (id_assigned = 1). */
+ * holding nothing to free. Lookups are case-sensitive; with duplicate keys the first wins
+ * (counted in duplicate_keys); a payload without "id" gets a fresh random one (id_assigned = 1).
+ * Either way the payload should be stored as queue_job_canonical makes it. */
 int queue_job_parse(const char *raw, size_t len, const queue_job_limits *lim, queue_job *job,
                     queue_job_error *err);
 void queue_job_free(queue_job *job);
@@ -104,6 +111,17 @@ void queue_random_hex(char out[33]);
 /* Returns raw with "id":"<id>", inserted after its opening '{' (heap string, *out_len set), so a
  * job that came without an id keeps it through retries and recoveries. NULL on OOM. */
 char *queue_job_with_id(const char *raw, size_t len, const char *id, size_t *out_len);
+
+/* The payload to keep in Redis in place of raw, a job that queue_job_parse accepted as *job,
+ * so that every later reader (the scripts' Lua cjson, retries, recoveries, dead letters) sees
+ * the job the worker parsed. Lua cjson keeps the last of duplicate keys where cJSON keeps the
+ * first: with job->duplicate_keys the payload is raw without the later repeats of each key (the
+ * members kept are copied byte for byte: cJSON would reprint a seed of 2^53 - 1 inexactly); an
+ * assigned id is written in (queue_job_with_id when there is
+ * nothing else to change, so raw's bytes are kept). Returns 0 with *out a heap string (free it)
+ * and *out_len set, or *out NULL when raw is canonical as it is; -1 when out of memory. */
+int queue_job_canonical(const char *raw, size_t len, const queue_job *job, char **out,
+                        size_t *out_len);
 
 /* ---- worker client ------------------------------------------------------------------------ */
 
@@ -143,7 +161,8 @@ typedef struct queue_delivery {
     void *user;                 /* the worker's per-job state; the worker frees it */
     /* queue-private */
     struct queue *q;
-    char *orig_raw;             /* the payload before an assigned id was written into it */
+    char *orig_raw;             /* the payload as fetched, when the claim replaces it with its
+                                 * canonical form (queue_job_canonical); else NULL */
     size_t orig_len;
     int finishing;
     struct queue_delivery *next;

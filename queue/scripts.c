@@ -43,12 +43,22 @@
     "end\n"                                                                                        \
     "if redis.call('LREM', P .. 'proc:' .. ARGV[2], 1, ARGV[3]) == 0 then return 0 end\n"
 
-/* claim: ARGV 2 wid, 3 raw, 4 newraw ('' = keep), 5 id, 6 lease, 7 now, 8 queue name,
+/* claim: ARGV 2 wid, 3 raw, 4 newraw ('' = keep raw), 5 id, 6 lease, 7 now, 8 queue name,
  * 9 max_attempts, 10 redelay_ms, 11 reply_to, 12 ttl, 13 type, 14 force_delay.
  * Returns {outcome, attempts}: run | done (already succeeded: result re-emitted) | cancelled |
- * delayed (another live worker runs it) | gone (no longer in our processing list). */
+ * dropped (a copy of a job being cancelled on another worker) | delayed (another live worker
+ * runs it) | gone (no longer in our processing list).
+ * newraw is the canonical payload (queue_job_canonical: an assigned id written in, repeated keys
+ * dropped); whatever this claim keeps, in the processing list or in delayed, is that, so the
+ * scripts that decode it (reap) read the job the worker parsed, not the last of repeated keys.
+ * A cancel key stays until it expires (the producer deletes it to run the id again): every
+ * copy claimed meanwhile ends cancelled, never run. A copy of a job that another live worker
+ * runs is dropped instead, and the record left to that worker, which sees the cancel at its
+ * next heartbeat. */
 static const char claim_lua[] = PREAMBLE
     "local wid, raw, newraw, id, lease = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]\n"
+    "local keep = raw\n"
+    "if newraw ~= '' then keep = newraw end\n"
     "local now = tonumber(ARGV[7])\n"
     "local proc = P .. 'proc:' .. wid\n"
     "local jk = P .. 'job:' .. id\n"
@@ -68,27 +78,29 @@ static const char claim_lua[] = PREAMBLE
     "  reply(ARGV[11], msg)\n"
     "  return {'done', attempts}\n"
     "end\n"
-    "if redis.call('EXISTS', P .. 'cancel:' .. id) == 1 then\n"
+    "local busy = st[1] == 'running' and st[3] and st[3] ~= wid and\n"
+    "  redis.call('EXISTS', P .. 'hb:' .. st[3]) == 1\n"
+    "local ck = P .. 'cancel:' .. id\n"
+    "if redis.call('EXISTS', ck) == 1 then\n"
     "  redis.call('LREM', proc, 1, raw)\n"
+    "  if busy then return {'dropped', attempts} end\n"
     "  redis.call('HSET', jk, 'state', 'cancelled', 'finished_at', ARGV[7], 'worker', wid)\n"
     "  redis.call('EXPIRE', jk, ARGV[12])\n"
     "  emit(id, 'cancelled', nil, ARGV[11], true)\n"
     "  return {'cancelled', attempts}\n"
     "end\n"
-    "local busy = st[1] == 'running' and st[3] and st[3] ~= wid and\n"
-    "  redis.call('EXISTS', P .. 'hb:' .. st[3]) == 1\n"
     "if ARGV[14] == '1' or busy then\n"
     "  redis.call('LREM', proc, 1, raw)\n"
-    "  redis.call('ZADD', P .. 'delayed', now + tonumber(ARGV[10]), raw)\n"
+    "  redis.call('ZADD', P .. 'delayed', now + tonumber(ARGV[10]), keep)\n"
     "  return {'delayed', attempts}\n"
     "end\n"
     "if st[1] == 'failed' or st[1] == 'rejected' or st[1] == 'cancelled' then\n"
     "  attempts = 0\n"
     "  redis.call('HDEL', jk, 'recoveries', 'error', 'error_code', 'finished_at')\n"
     "end\n"
-    "if newraw ~= '' then\n"
+    "if keep ~= raw then\n"
     "  redis.call('LREM', proc, 1, raw)\n"
-    "  redis.call('LPUSH', proc, newraw)\n"
+    "  redis.call('LPUSH', proc, keep)\n"
     "end\n"
     "if not st[1] then redis.call('HSET', jk, 'created_at', ARGV[7]) end\n"
     "redis.call('PERSIST', jk)\n"
@@ -99,7 +111,8 @@ static const char claim_lua[] = PREAMBLE
     "return {'run', attempts}\n";
 
 /* finish: ARGV 2 wid, 3 raw, 4 id, 5 lease, 6 now, 7 state (succeeded|cancelled), 8 ttl,
- * 9 reply_to, 10 count the attempt (1|0), 11.. field/value pairs for the hash and the event. */
+ * 9 reply_to, 10 count the attempt (1|0), 11.. field/value pairs for the hash and the event.
+ * Ending cancelled leaves the cancel key in force (see claim). */
 static const char finish_lua[] = PREAMBLE GUARD("ARGV[7]")
     "local fields = {}\n"
     "local hs = {'state', ARGV[7], 'finished_at', ARGV[6]}\n"
@@ -195,9 +208,10 @@ static const char heartbeat_lua[] = PREAMBLE
     "return {cancelled, redis.call('LLEN', P .. 'jobs'), redis.call('LLEN', P .. 'jobs:hi'),\n"
     "  redis.call('ZCARD', P .. 'delayed'), redis.call('LLEN', P .. 'dead')}\n";
 
-/* reap: ARGV 2 wid, 3 now, 4 max_recoveries, 5 limit, 6 lock_ms, 7 ttl. Whoever wins the reaper
- * lock returns the jobs of workers without a heartbeat (counting a recovery for the job each
- * held; past max_recoveries it is a poison job: dead) and promotes due delayed jobs. */
+/* reap: ARGV 2 wid, 3 now, 4 max_recoveries, 5 limit, 6 lock_ms, 7 default ttl, 8 ttl cap.
+ * Whoever wins the reaper lock returns the jobs of workers without a heartbeat (counting a
+ * recovery for the job each held; past max_recoveries it is a poison job: dead, its record kept
+ * for the job's own result_ttl_s) and promotes due delayed jobs. */
 static const char reap_lua[] = PREAMBLE
     "if not redis.call('SET', P .. 'reaper:lock', ARGV[2], 'NX', 'PX', ARGV[6]) then\n"
     "  return {-1, 0, 0}\n"
@@ -207,6 +221,13 @@ static const char reap_lua[] = PREAMBLE
     "  local ok, j = pcall(cjson.decode, raw)\n"
     "  if ok and type(j) == 'table' then return j end\n"
     "  return nil\n"
+    "end\n"
+    "local function ttl_of(job)\n"
+    "  local t = job and job.result_ttl_s\n"
+    "  if type(t) == 'number' and t >= 1 and t <= tonumber(ARGV[8]) and t == math.floor(t) then\n"
+    "    return t\n"
+    "  end\n"
+    "  return ARGV[7]\n"
     "end\n"
     "local function queue_of(job)\n"
     "  if job and job.priority == 'hi' then return P .. 'jobs:hi' end\n"
@@ -232,7 +253,7 @@ static const char reap_lua[] = PREAMBLE
     "            local msg = 'a worker died running this job ' .. r .. ' times (poison job)'\n"
     "            redis.call('HSET', jk, 'state', 'failed', 'error_code', 'poison', 'error', msg,\n"
     "              'finished_at', ARGV[3])\n"
-    "            redis.call('EXPIRE', jk, ARGV[7])\n"
+    "            redis.call('EXPIRE', jk, ttl_of(job))\n"
     "            dead_letter({raw = raw, id = id, error_code = 'poison', error = msg, at = now,\n"
     "              worker = w})\n"
     "            emit(id, 'failed', {error_code = 'poison', error = msg}, job.reply_to, true)\n"

@@ -106,9 +106,12 @@ int cmd_enqueue(int argc, char **argv) {
         json = payload;
     }
     /* Check what a worker would check, so a mistake shows here and not in the dead letters. */
+    queue_job_limits lim;
+    queue_job_limits_default(&lim);
+    lim.key_prefix = prefix;
     queue_job job;
     queue_job_error jerr;
-    if (queue_job_parse(json, strlen(json), NULL, &job, &jerr) != 0) {
+    if (queue_job_parse(json, strlen(json), &lim, &job, &jerr) != 0) {
         fprintf(stderr, "voxq enqueue: %s: %s\n", jerr.code, jerr.message);
         free(payload);
         return 2;

@@ -502,13 +502,18 @@ static void on_tick(uv_timer_t *timer) {
             queue_progress(dm->q, wj->d, p / 1000.0);
         }
     }
+    /* timeout_s: synthesis stops at its next decoder step, quantization at its next chunk. */
     for (wjob *wj = dm->jobs; wj; wj = wj->next) {
-        if (!wj->d || !wj->in_engine || wj->timed_out || wj->d->job.timeout_s <= 0) continue;
+        if (!wj->d || !(wj->in_engine || wj->qj) || wj->timed_out || wj->d->job.timeout_s <= 0)
+            continue;
         if (now - wj->started_mono > (int64_t)(wj->d->job.timeout_s * 1000)) {
             wj->timed_out = 1;
             logf_("job %s: timeout_s %g exceeded; cancelling", wj->d->job.id,
                   wj->d->job.timeout_s);
-            atomic_store(&wj->t->cancel, 2);
+            if (wj->qj)
+                quant_job_timeout(wj->qj);
+            else
+                atomic_store(&wj->t->cancel, 2);
         }
     }
     int64_t silent = worker_sched_silent_ms(&dm->sched);

@@ -13,7 +13,7 @@
 
 #define LOCK_TTL_MS_DEFAULT 60000
 
-enum { ABORT_NONE, ABORT_CANCEL, ABORT_REQUEUE, ABORT_LOCK_LOST };
+enum { ABORT_NONE, ABORT_CANCEL, ABORT_REQUEUE, ABORT_LOCK_LOST, ABORT_TIMEOUT };
 
 struct quant_job {
     uv_loop_t *loop;
@@ -125,6 +125,14 @@ static const char *storage_condition(const char *msg) {
     return "";
 }
 
+/* Past timeout_s: a failed attempt like a synthesize job's (retried until max_attempts). */
+static void fail_timeout(quant_job *qj) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "job exceeded timeout_s = %g", qj->d->job.timeout_s);
+    qlog_("job %s: %s; quantization stopped", qj->d->job.id, msg);
+    queue_fail(qj->q, qj->d, "timeout", msg, 0);
+}
+
 static void after_quant(uv_work_t *w, int status) {
     (void)status;
     quant_job *qj = w->data;
@@ -139,6 +147,8 @@ static void after_quant(uv_work_t *w, int status) {
         queue_cancelled(qj->q, qj->d);
     } else if (qj->rc == ENG_ECANCELLED && why == ABORT_REQUEUE) {
         queue_requeue(qj->q, qj->d);
+    } else if (qj->rc == ENG_ECANCELLED && why == ABORT_TIMEOUT) {
+        fail_timeout(qj);
     } else if (qj->rc == ENG_ECANCELLED && why == ABORT_LOCK_LOST) {
         queue_fail(qj->q, qj->d, "lock_lost",
                    "the fleet quantize lock could not be renewed; staging discarded", 0);
@@ -206,11 +216,13 @@ static void after_check(uv_work_t *w, int status) {
     (void)status;
     quant_job *qj = w->data;
     int why = atomic_load(&qj->abort);
-    if (why == ABORT_REQUEUE || why == ABORT_CANCEL) {
+    if (why == ABORT_REQUEUE || why == ABORT_CANCEL || why == ABORT_TIMEOUT) {
         if (why == ABORT_REQUEUE)
             queue_requeue(qj->q, qj->d);
-        else
+        else if (why == ABORT_CANCEL)
             queue_cancelled(qj->q, qj->d);
+        else
+            fail_timeout(qj);
         finish(qj);
         return;
     }
@@ -278,4 +290,9 @@ void quant_job_cancel(quant_job *qj) {
 void quant_job_requeue(quant_job *qj) {
     int expected = ABORT_NONE;
     atomic_compare_exchange_strong(&qj->abort, &expected, ABORT_REQUEUE);
+}
+
+void quant_job_timeout(quant_job *qj) {
+    int expected = ABORT_NONE;
+    atomic_compare_exchange_strong(&qj->abort, &expected, ABORT_TIMEOUT);
 }

@@ -28,5 +28,7 @@ quant_job *quant_job_start(uv_loop_t *loop, queue *q, queue_delivery *d, const s
 void quant_job_cancel(quant_job *qj);
 /* Shutdown: stop at the next chunk and requeue with attempts unchanged. */
 void quant_job_requeue(quant_job *qj);
+/* timeout_s passed: stop at the next chunk; the attempt fails with "timeout" (retryable). */
+void quant_job_timeout(quant_job *qj);
 
 #endif

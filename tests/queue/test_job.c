@@ -59,12 +59,36 @@ TEST(valid_synthesize_all_fields) {
     queue_job_free(&job);
 }
 
-TEST(default_output_replaces_colons) {
+/* The default output is the id made a file name, one-to-one: ids that differ only where the
+ * escaping works (':' against '_', a leading '.') must not write the same file. */
+TEST(default_output_escapes_id) {
+    static const char *const cases[][2] = {
+        {"a:b", "a_-b.ogg"},   {"a_b", "a__b.ogg"},    {"a-b", "a-b.ogg"},
+        {"a_-b", "a__-b.ogg"}, {"a:_b", "a_-__b.ogg"}, {".x", "_.x.ogg"},
+        {"x.y", "x.y.ogg"},    {"_.x", "__.x.ogg"},    {"quant:dia:int8", "quant_-dia_-int8.ogg"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char json[256];
+        snprintf(json, sizeof json, "{\"id\":\"%s\",\"type\":\"synthesize\",\"text\":\"t\","
+                 "\"format\":\"ogg\"}", cases[i][0]);
+        queue_job job;
+        queue_job_error err;
+        ASSERT_OK(parse(json, &job, &err));
+        ASSERT_STREQ(job.output, cases[i][1]);
+        ASSERT_TRUE(queue_path_safe(job.output));
+        queue_job_free(&job);
+    }
+    /* 128 ':' would need 256 bytes of name: too long for a file, so the job must name one. */
+    char json[512], id[129];
+    memset(id, ':', 128);
+    id[128] = '\0';
+    snprintf(json, sizeof json, "{\"id\":\"%s\",\"type\":\"synthesize\",\"text\":\"t\"}", id);
+    EXPECT_REJECT(json, "invalid_field", "output");
+    snprintf(json, sizeof json, "{\"id\":\"%s\",\"type\":\"synthesize\",\"text\":\"t\","
+             "\"output\":\"x.wav\"}", id);
     queue_job job;
     queue_job_error err;
-    ASSERT_OK(parse("{\"id\":\"a:b\",\"type\":\"synthesize\",\"text\":\"t\",\"format\":\"ogg\"}",
-                    &job, &err));
-    ASSERT_STREQ(job.output, "a_b.ogg");
+    ASSERT_OK(parse(json, &job, &err));
     queue_job_free(&job);
 }
 
@@ -84,6 +108,14 @@ TEST(quantize) {
                   "invalid_field", "force");
     EXPECT_REJECT("{\"id\":\"q\",\"type\":\"quantize\",\"method\":\"int8\",\"model\":\"../x\"}",
                   "invalid_field", "model");
+    /* A bad source is named as such, also beside a good model; only "original" is quantized. */
+    EXPECT_REJECT("{\"id\":\"q\",\"type\":\"quantize\",\"method\":\"int8\",\"model\":\"m\","
+                  "\"source\":\"../x\"}", "invalid_field", "source");
+    EXPECT_REJECT("{\"id\":\"q\",\"type\":\"quantize\",\"method\":\"int8\",\"model\":\"m\","
+                  "\"source\":\"int8\"}", "invalid_field", "source");
+    ASSERT_OK(parse("{\"id\":\"q\",\"type\":\"quantize\",\"method\":\"int4\",\"source\":"
+                    "\"original\"}", &job, &err));
+    queue_job_free(&job);
 }
 
 TEST(not_json) {
@@ -175,6 +207,70 @@ TEST(reply_to_known_on_rejection) {
     ASSERT_STREQ(job.reply_to, "");
 }
 
+/* reply_to may not name a key of the service: a terminal message pushed onto voxq:jobs or a
+ * processing list would come back as a job. The prefix is the configured one. */
+TEST(reply_to_not_a_service_key) {
+    queue_job job;
+    queue_job_error err;
+    static const char *const bad[] = {"voxq:jobs", "voxq:jobs:hi", "voxq:proc:w1", "voxq:dead",
+                                      "voxq:job:a", "voxq:anything"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char json[256];
+        snprintf(json, sizeof json, "{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\","
+                 "\"reply_to\":\"%s\"}", bad[i]);
+        ASSERT_EQ(parse(json, &job, &err), -1);
+        ASSERT_STREQ(err.code, "invalid_field");
+        ASSERT_STREQ(err.field, "reply_to");
+        ASSERT_CONTAINS(err.message, "'reply_to'");
+        ASSERT_STREQ(job.reply_to, ""); /* the rejection is not pushed there either */
+    }
+    ASSERT_OK(parse("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"reply_to\":"
+                    "\"voxqr:x\"}", &job, &err));
+    queue_job_free(&job);
+    /* Another prefix: its keys are refused, voxq: ones are just keys. */
+    queue_job_limits lim;
+    queue_job_limits_default(&lim);
+    lim.key_prefix = "tts:";
+    const char *j1 = "{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"reply_to\":"
+                     "\"tts:jobs\"}";
+    ASSERT_EQ(queue_job_parse(j1, strlen(j1), &lim, &job, &err), -1);
+    ASSERT_STREQ(err.field, "reply_to");
+    const char *j2 = "{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"reply_to\":"
+                     "\"voxq:jobs\"}";
+    ASSERT_OK(queue_job_parse(j2, strlen(j2), &lim, &job, &err));
+    queue_job_free(&job);
+    /* No prefix: the service's own names are refused, other keys are not. */
+    lim.key_prefix = "";
+    const char *j3 = "{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"reply_to\":"
+                     "\"proc:w1\"}";
+    ASSERT_EQ(queue_job_parse(j3, strlen(j3), &lim, &job, &err), -1);
+    ASSERT_STREQ(err.field, "reply_to");
+    const char *j4 = "{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"reply_to\":"
+                     "\"my:replies\"}";
+    ASSERT_OK(queue_job_parse(j4, strlen(j4), &lim, &job, &err));
+    queue_job_free(&job);
+}
+
+/* A rejected job's record lives for the result_ttl_s it gave, when it gave a valid one before
+ * the field that failed; the default otherwise. */
+TEST(result_ttl_known_on_rejection) {
+    queue_job job;
+    queue_job_error err;
+    ASSERT_EQ(parse("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":5,\"result_ttl_s\":120}",
+                    &job, &err), -1);
+    ASSERT_STREQ(err.field, "text");
+    ASSERT_EQ(job.result_ttl_s, 120);
+    ASSERT_EQ(parse("{\"id\":\"a\",\"result_ttl_s\":60,\"text\":\"t\"}", &job, &err), -1);
+    ASSERT_STREQ(err.field, "type");
+    ASSERT_EQ(job.result_ttl_s, 60);
+    ASSERT_EQ(parse("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":5}", &job, &err), -1);
+    ASSERT_EQ(job.result_ttl_s, QUEUE_RESULT_TTL_S);
+    ASSERT_EQ(parse("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"result_ttl_s\":0}",
+                    &job, &err), -1);
+    ASSERT_STREQ(err.field, "result_ttl_s");
+    ASSERT_EQ(job.result_ttl_s, QUEUE_RESULT_TTL_S);
+}
+
 TEST(case_sensitive_and_duplicates) {
     /* "ID" is not "id": the job has no id, so one is assigned. */
     queue_job job;
@@ -184,10 +280,105 @@ TEST(case_sensitive_and_duplicates) {
     ASSERT_STREQ(job.ignored, "ID");
     queue_job_free(&job);
     EXPECT_REJECT("{\"id\":\"a\",\"Type\":\"synthesize\",\"text\":\"t\"}", "missing_field", "type");
-    /* Duplicate keys: the first wins (cJSON 1.7.15 behaviour, documented in docs/queue.md). */
-    ASSERT_OK(parse("{\"id\":\"first\",\"id\":\"second\",\"type\":\"synthesize\",\"text\":\"t\"}",
+    /* Duplicate keys: the first wins (spec §6 case 6; cJSON's lookups return it), for every
+     * field, also when a later spelling is escaped ("i\u0064" is "id" once decoded). Each
+     * repeat is counted: the worker then stores the payload without them (canonical_payload). */
+    ASSERT_OK(parse("{\"id\":\"first\",\"id\":\"second\",\"type\":\"synthesize\",\"reply_to\":"
+                    "\"r:1\",\"text\":\"t\",\"reply_to\":\"r:2\",\"i\\u0064\":\"third\"}",
                     &job, &err));
     ASSERT_STREQ(job.id, "first");
+    ASSERT_EQ(job.id_assigned, 0);
+    ASSERT_STREQ(job.reply_to, "r:1");
+    ASSERT_EQ(job.duplicate_keys, 3);
+    queue_job_free(&job);
+    /* A later value is not even looked at, valid or not; a bad first one is not rescued. */
+    ASSERT_OK(parse("{\"id\":\"a\",\"type\":\"synthesize\",\"type\":\"dance\",\"text\":\"t\","
+                    "\"text\":5,\"result_ttl_s\":60,\"result_ttl_s\":0,\"x\":1,\"x\":2}",
+                    &job, &err));
+    ASSERT_EQ(job.type, QUEUE_JOB_SYNTHESIZE);
+    ASSERT_STREQ(job.text, "t");
+    ASSERT_EQ(job.result_ttl_s, 60);
+    ASSERT_EQ(job.duplicate_keys, 4);
+    queue_job_free(&job);
+    EXPECT_REJECT("{\"id\":7,\"id\":\"ok\",\"type\":\"synthesize\",\"text\":\"t\"}", "invalid_id",
+                  "id");
+    EXPECT_REJECT("{\"id\":\"a\",\"type\":\"quantize\",\"method\":\"int2\",\"method\":\"int8\"}",
+                  "invalid_field", "method");
+    ASSERT_OK(parse("{\"id\":\"a\",\"type\":\"synthesize\",\"text\":\"t\",\"x\":{\"k\":1,"
+                    "\"k\":2}}", &job, &err));
+    ASSERT_EQ(job.duplicate_keys, 0); /* only top-level keys count: the scripts read no others */
+    queue_job_free(&job);
+}
+
+/* What a worker keeps in Redis for a job (queue_job_canonical). The scripts decode it with Lua
+ * cjson, which keeps the LAST of duplicate keys, so a payload with repeats must be stored
+ * without them for the scripts to read the job the worker parsed (first wins). */
+TEST(canonical_payload) {
+    queue_job job;
+    queue_job_error err;
+    char *out;
+    size_t n;
+    /* Canonical already: nothing to store instead. */
+    const char *plain = "{\"id\":\"a\", \"type\":\"synthesize\",\"text\":\"t\"}";
+    ASSERT_OK(parse(plain, &job, &err));
+    ASSERT_OK(queue_job_canonical(plain, strlen(plain), &job, &out, &n));
+    ASSERT_TRUE(out == NULL);
+    ASSERT_EQ(n, 0);
+    queue_job_free(&job);
+    /* Only an id to add: raw's bytes are kept around it. */
+    const char *noid = "{\"type\":\"synthesize\", \"text\":\"t\"}";
+    ASSERT_OK(parse(noid, &job, &err));
+    ASSERT_OK(queue_job_canonical(noid, strlen(noid), &job, &out, &n));
+    char want[256];
+    snprintf(want, sizeof want, "{\"id\":\"%s\",\"type\":\"synthesize\", \"text\":\"t\"}", job.id);
+    ASSERT_STREQ(out, want);
+    ASSERT_EQ(n, strlen(want));
+    free(out);
+    queue_job_free(&job);
+    /* Repeats: the first of each top-level key only, each kept member copied byte for byte
+     * (a cJSON reprint would round 9007199254740991 to ...990), nested objects left alone
+     * (their own repeats too: no script reads them), strings holding braces and quotes too. */
+    const char *dup = "{ \"id\" : \"first\" , \"type\":\"synthesize\","
+                      "\"text\":\"a \\\"}\\\" b,{\" ,\"seed\":9007199254740991,"
+                      "\"cfg_scale\":2.5,\"x\":{\"k\":[1,\"]\"],\"k\":2},"
+                      "\"id\":\"second\",\"reply_to\":\"r:1\",\"n\":-1.5e3,\"reply_to\":\"r:2\","
+                      "\"x\":true,\"i\\u0064\":\"third\"}";
+    ASSERT_OK(parse(dup, &job, &err));
+    ASSERT_EQ(job.duplicate_keys, 4);
+    ASSERT_OK(queue_job_canonical(dup, strlen(dup), &job, &out, &n));
+    ASSERT_STREQ(out, "{\"id\" : \"first\",\"type\":\"synthesize\",\"text\":\"a \\\"}\\\" b,{\","
+                      "\"seed\":9007199254740991,\"cfg_scale\":2.5,\"x\":{\"k\":[1,\"]\"],\"k\":2},"
+                      "\"reply_to\":\"r:1\",\"n\":-1.5e3}");
+    ASSERT_EQ(n, strlen(out));
+    queue_job again;
+    ASSERT_OK(queue_job_parse(out, n, NULL, &again, &err));
+    ASSERT_STREQ(again.id, job.id);
+    ASSERT_STREQ(again.reply_to, job.reply_to);
+    ASSERT_STREQ(again.text, job.text);
+    ASSERT_EQ(again.seed, 9007199254740991ull);
+    ASSERT_EQ(again.cfg_scale, job.cfg_scale);
+    ASSERT_EQ(again.duplicate_keys, 0);
+    char *twice;
+    size_t n2;
+    ASSERT_OK(queue_job_canonical(out, n, &again, &twice, &n2)); /* a fixed point */
+    ASSERT_TRUE(twice == NULL);
+    queue_job_free(&again);
+    free(out);
+    queue_job_free(&job);
+    /* Repeats and no id: one rewrite does both, so retries keep the id and the first value. */
+    const char *both = "{\"type\":\"synthesize\",\"text\":\"t\",\"reply_to\":\"r:1\","
+                       "\"reply_to\":\"r:2\"}";
+    ASSERT_OK(parse(both, &job, &err));
+    ASSERT_EQ(job.id_assigned, 1);
+    ASSERT_OK(queue_job_canonical(both, strlen(both), &job, &out, &n));
+    ASSERT_TRUE(strstr(out, "r:2") == NULL);
+    ASSERT_OK(queue_job_parse(out, n, NULL, &again, &err));
+    ASSERT_STREQ(again.id, job.id);
+    ASSERT_EQ(again.id_assigned, 0);
+    ASSERT_STREQ(again.reply_to, "r:1");
+    ASSERT_EQ(again.duplicate_keys, 0);
+    queue_job_free(&again);
+    free(out);
     queue_job_free(&job);
 }
 

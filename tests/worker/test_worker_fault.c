@@ -121,6 +121,212 @@ TEST(bad_inputs_rejected) {
     ASSERT_EQ(wf_proc_total(), 0);
 }
 
+/* Waits up to ms for list key to hold n elements. */
+static int wait_len(const char *key, long long n, int ms) {
+    int64_t end = rf_now_ms() + ms;
+    while (rf_int("LLEN %s", key) < n && rf_now_ms() < end) rf_sleep_ms(25);
+    return rf_int("LLEN %s", key) == n;
+}
+
+/* 6 with repeated keys: the first of each wins (cJSON's reading, documented), and the worker
+ * keeps the job in Redis without the repeats, so the scripts, whose Lua cjson would read the
+ * last, see the same job: it runs, retries (the delayed member is the rewritten payload) and
+ * answers under the first id and the first reply_to. */
+TEST(duplicate_keys_first_wins) {
+    SETUP();
+    static const char *const env[] = {"VOXQ_RETRY_BASE_MS=2000", NULL};
+    char log[400];
+    wf_spawn(env, log, sizeof log);
+    wf_push("voxq:jobs", "{\"id\":\"dk1\",\"type\":\"synthesize\",\"reply_to\":\"dk:r1\","
+                         "\"text\":\"[S1] fail-until:2\",\"id\":\"dk2\",\"reply_to\":\"dk:r2\"}");
+    ASSERT_TRUE(wf_wait_state("dk1", "retrying", 10000));
+    redisReply *r = rf_cmd("ZRANGE voxq:delayed 0 -1");
+    ASSERT_TRUE(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1);
+    const char *member = r->element[0]->str;
+    int first_only = strstr(member, "\"id\":\"dk1\"") && !strstr(member, "dk2") &&
+                     !strstr(member, "dk:r2");
+    if (!first_only) fprintf(stderr, "  delayed: %s\n", member);
+    freeReplyObject(r);
+    ASSERT_TRUE(first_only);
+    ASSERT_TRUE(wf_wait_state("dk1", "succeeded", 10000));
+    ASSERT_EQ(wf_field_int("dk1", "attempts"), 2);
+    ASSERT_EQ(rf_int("EXISTS voxq:job:dk2"), 0);
+    ASSERT_TRUE(wait_len("dk:r1", 1, 1000));
+    ASSERT_EQ(rf_int("EXISTS dk:r2"), 0);
+    ASSERT_TRUE(wf_file_contains(log, "repeated key"));
+    /* Without an id: the one rewrite writes the assigned id in and drops the repeats, so the
+     * retry runs under the same id and answers the first reply_to. */
+    wf_push("voxq:jobs", "{\"type\":\"synthesize\",\"reply_to\":\"dk:r3\",\"text\":"
+                         "\"[S1] fail-until:2\",\"reply_to\":\"dk:r4\"}");
+    ASSERT_TRUE(wait_len("dk:r3", 1, 15000));
+    char *msg = rf_str("LINDEX dk:r3 0");
+    ASSERT_CONTAINS(msg, "\"state\":\"succeeded\"");
+    ASSERT_CONTAINS(msg, "\"attempts\":\"2\"");
+    free(msg);
+    ASSERT_EQ(rf_int("EXISTS dk:r4"), 0);
+    ASSERT_EQ(wf_proc_total(), 0);
+}
+
+/* 10 with repeated ids: the reaper decodes the payload in a dead worker's processing list with
+ * Lua cjson, where the last of repeated keys wins. It finds the rewritten payload there, so the
+ * crash is counted under the first id, the one the job runs under. */
+TEST(duplicate_ids_recovered_under_first) {
+    SETUP();
+    const char *mark = wf_path("dupkill.mark");
+    unlink(mark);
+    pid_t a = wf_spawn(NULL, NULL, 0);
+    snprintf(json_, sizeof json_, "{\"id\":\"dr1\",\"type\":\"synthesize\",\"text\":"
+             "\"[S1] mark:%s sleep:2000\",\"id\":\"dr2\"}", mark);
+    wf_push("voxq:jobs", json_);
+    ASSERT_TRUE(wf_wait_state("dr1", "running", 5000));
+    kill(a, SIGKILL);
+    ASSERT_EQ(wf_wait_exit(a, 2000), 128 + SIGKILL);
+    wf_spawn(NULL, NULL, 0);
+    ASSERT_TRUE(wf_wait_state("dr1", "succeeded", 15000));
+    ASSERT_EQ(wf_field_int("dr1", "recoveries"), 1);
+    ASSERT_EQ(wf_field_int("dr1", "attempts"), 1);
+    ASSERT_EQ(rf_int("EXISTS voxq:job:dr2"), 0);
+    ASSERT_EQ(wf_count_lines(mark), 2);
+    ASSERT_EQ(wf_proc_total(), 0);
+}
+
+/* 9 with repeated keys: a copy that arrives while another worker runs the job waits in delayed
+ * as the rewritten payload too (the reaper decodes it when it comes due), and is then
+ * short-circuited under the first id. */
+TEST(duplicate_keys_copy_delayed_rewritten) {
+    SETUP();
+    wf_spawn(NULL, NULL, 0);
+    wf_spawn(NULL, NULL, 0);
+    const char *payload = "{\"id\":\"dd1\",\"type\":\"synthesize\",\"text\":\"[S1] sleep:1500\","
+                          "\"id\":\"dd2\"}";
+    wf_push("voxq:jobs", payload);
+    ASSERT_TRUE(wf_wait_state("dd1", "running", 5000));
+    wf_push("voxq:jobs", payload);
+    int64_t end = rf_now_ms() + 3000;
+    while (rf_int("ZCARD voxq:delayed") == 0 && rf_now_ms() < end) rf_sleep_ms(10);
+    redisReply *r = rf_cmd("ZRANGE voxq:delayed 0 -1");
+    ASSERT_TRUE(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1);
+    int first_only = strstr(r->element[0]->str, "\"id\":\"dd1\"") &&
+                     !strstr(r->element[0]->str, "dd2");
+    if (!first_only) fprintf(stderr, "  delayed: %s\n", r->element[0]->str);
+    freeReplyObject(r);
+    ASSERT_TRUE(first_only);
+    ASSERT_TRUE(wf_wait_state("dd1", "succeeded", 10000));
+    end = rf_now_ms() + 5000;
+    while ((rf_int("ZCARD voxq:delayed") || rf_int("LLEN voxq:jobs") || wf_proc_total()) &&
+           rf_now_ms() < end)
+        rf_sleep_ms(25);
+    ASSERT_EQ(rf_int("ZCARD voxq:delayed"), 0);
+    ASSERT_EQ(wf_proc_total(), 0);
+    ASSERT_EQ(wf_field_int("dd1", "attempts"), 1);
+    ASSERT_EQ(rf_int("EXISTS voxq:job:dd2"), 0);
+}
+
+/* 11 with repeated keys: a poison job found by the reaper is failed under the first id, keeps
+ * its record for the first result_ttl_s, answers the first reply_to, and its dead letter holds
+ * the rewritten payload. */
+TEST(duplicate_keys_poison_under_first) {
+    SETUP();
+    static const char *const env[] = {"VOXQ_MAX_RECOVERIES=0", NULL};
+    pid_t w = wf_spawn(env, NULL, 0);
+    wf_push("voxq:jobs", "{\"id\":\"dp1\",\"type\":\"synthesize\",\"reply_to\":\"dp:r1\","
+                         "\"result_ttl_s\":60,\"text\":\"[S1] crash\",\"id\":\"dp2\","
+                         "\"reply_to\":\"dp:r2\",\"result_ttl_s\":7200}");
+    ASSERT_TRUE(wf_wait_exit(w, 10000) >= 0);
+    wf_spawn(env, NULL, 0);
+    ASSERT_TRUE(wf_wait_state("dp1", "failed", 10000));
+    char *code = wf_field("dp1", "error_code");
+    ASSERT_STREQ(code, "poison");
+    free(code);
+    long long ttl = rf_int("TTL voxq:job:dp1");
+    ASSERT_TRUE(ttl > 0 && ttl <= 60);
+    ASSERT_EQ(rf_int("EXISTS voxq:job:dp2"), 0);
+    ASSERT_TRUE(wait_len("dp:r1", 1, 1000));
+    ASSERT_EQ(rf_int("EXISTS dp:r2"), 0);
+    char *env_dead = rf_str("LINDEX voxq:dead 0");
+    ASSERT_CONTAINS(env_dead, "\"id\":\"dp1\"");
+    ASSERT_TRUE(!strstr(env_dead, "dp2"));
+    free(env_dead);
+    ASSERT_EQ(wf_proc_total(), 0);
+}
+
+/* reply_to naming one of the service's own keys is rejected, and nothing is pushed there: a
+ * message on voxq:jobs would be fetched as a job, one on a processing list would sit in it. */
+TEST(reply_to_service_key_rejected) {
+    SETUP();
+    pid_t w = wf_spawn(NULL, NULL, 0);
+    wf_push("voxq:jobs", "{\"id\":\"rs1\",\"type\":\"synthesize\",\"reply_to\":\"voxq:jobs\","
+                         "\"text\":\"[S1] sleep:10\"}");
+    wf_push("voxq:jobs", "{\"id\":\"rs2\",\"type\":\"synthesize\",\"reply_to\":\"voxq:dead\","
+                         "\"text\":5}");
+    wf_push("voxq:jobs", job("rs-after", "sleep:10"));
+    ASSERT_TRUE(wf_wait_state("rs-after", "succeeded", 10000));
+    ASSERT_TRUE(wf_wait_state("rs1", "rejected", 1000));
+    char *e = wf_field("rs1", "error");
+    ASSERT_CONTAINS(e, "'reply_to'");
+    free(e);
+    ASSERT_TRUE(wf_wait_state("rs2", "rejected", 1000));
+    rf_sleep_ms(500); /* anything pushed onto voxq:jobs would have been fetched and rejected */
+    ASSERT_EQ(rf_int("LLEN voxq:jobs"), 0);
+    ASSERT_EQ(rf_int("LLEN voxq:dead"), 2); /* the two dead letters, no reply messages */
+    char *env = rf_str("LINDEX voxq:dead 0");
+    ASSERT_CONTAINS(env, "\"id\":\"rs2\"");
+    free(env);
+    ASSERT_TRUE(wf_alive(w));
+    ASSERT_EQ(wf_proc_total(), 0);
+}
+
+/* result_ttl_s is honoured where the record is written by the rejection or the reaper, not only
+ * by the scripts that end a run: a rejected job and a poison job keep their record as long as
+ * they asked (here a minute, not the default day). */
+TEST(result_ttl_on_rejection_and_poison) {
+    SETUP();
+    static const char *const env[] = {"VOXQ_MAX_RECOVERIES=0", NULL};
+    pid_t w = wf_spawn(env, NULL, 0);
+    wf_push("voxq:jobs", "{\"id\":\"ttl1\",\"type\":\"synthesize\",\"result_ttl_s\":60,"
+                         "\"text\":5}");
+    ASSERT_TRUE(wf_wait_state("ttl1", "rejected", 10000));
+    long long ttl = rf_int("TTL voxq:job:ttl1");
+    ASSERT_TRUE(ttl > 0 && ttl <= 60);
+    /* A bad result_ttl_s itself: the default. */
+    wf_push("voxq:jobs", "{\"id\":\"ttl2\",\"type\":\"synthesize\",\"result_ttl_s\":0,"
+                         "\"text\":\"t\"}");
+    ASSERT_TRUE(wf_wait_state("ttl2", "rejected", 10000));
+    ASSERT_TRUE(rf_int("TTL voxq:job:ttl2") > 86000);
+    /* Poison: with VOXQ_MAX_RECOVERIES=0 the first crash makes it one. */
+    wf_push("voxq:jobs", "{\"id\":\"ttl3\",\"type\":\"synthesize\",\"result_ttl_s\":60,"
+                         "\"text\":\"[S1] crash\"}");
+    ASSERT_TRUE(wf_wait_exit(w, 10000) >= 0);
+    wf_spawn(env, NULL, 0);
+    ASSERT_TRUE(wf_wait_state("ttl3", "failed", 10000));
+    char *code = wf_field("ttl3", "error_code");
+    ASSERT_STREQ(code, "poison");
+    free(code);
+    ttl = rf_int("TTL voxq:job:ttl3");
+    ASSERT_TRUE(ttl > 0 && ttl <= 60);
+    ASSERT_EQ(wf_proc_total(), 0);
+}
+
+/* Default output names are one-to-one with ids: "col:1" and "col_1" used to share "col_1.wav",
+ * the second overwriting the first. */
+TEST(default_outputs_distinct) {
+    SETUP();
+    wf_spawn(NULL, NULL, 0);
+    wf_push("voxq:jobs", job("col:1", "audio:300"));
+    wf_push("voxq:jobs", job("col_1", "audio:600"));
+    ASSERT_TRUE(wf_wait_state("col:1", "succeeded", 10000));
+    ASSERT_TRUE(wf_wait_state("col_1", "succeeded", 10000));
+    char *a = wf_field("col:1", "output_path"), *b = wf_field("col_1", "output_path");
+    ASSERT_TRUE(a && b && strcmp(a, b) != 0);
+    struct stat sa, sb;
+    ASSERT_EQ(stat(a, &sa), 0);
+    ASSERT_EQ(stat(b, &sb), 0);
+    ASSERT_EQ(sa.st_size, wf_field_int("col:1", "bytes"));
+    ASSERT_EQ(sb.st_size, wf_field_int("col_1", "bytes"));
+    free(a);
+    free(b);
+}
+
 /* 8: the same id pushed twice runs once; the second re-emits the result. */
 TEST(duplicate_id_runs_once) {
     SETUP();
@@ -489,6 +695,111 @@ TEST(cancel_before_and_during) {
     ASSERT_EQ(wf_proc_total(), 0);
 }
 
+/* 25 and the re-push rule: a cancel stays in force for the key's lifetime (a day), so every
+ * copy of the job claimed meanwhile, queued before the cancel or pushed again after it, ends
+ * cancelled and never runs. A producer that wants the id run again deletes the key first. */
+TEST(cancel_then_repush_runs) {
+    SETUP();
+    const char *mark = wf_path("repush.mark");
+    unlink(mark);
+    char one[512], two[512];
+    snprintf(one, sizeof one, "{\"id\":\"rp1\",\"type\":\"synthesize\",\"reply_to\":\"rp:1\","
+             "\"text\":\"[S1] mark:%s sleep:10\"}", mark);
+    /* Two copies queued, then cancelled before start: neither runs. */
+    wf_push("voxq:jobs", one);
+    wf_push("voxq:jobs", one);
+    redisReply *r = rf_cmd("SET voxq:cancel:rp1 1 EX 86400");
+    freeReplyObject(r);
+    wf_spawn(NULL, NULL, 0);
+    ASSERT_TRUE(wait_len("rp:1", 2, 5000));
+    ASSERT_TRUE(wf_wait_state("rp1", "cancelled", 100));
+    /* Pushed again: cancelled again, still not run. */
+    wf_push("voxq:jobs", one);
+    ASSERT_TRUE(wait_len("rp:1", 3, 5000));
+    ASSERT_TRUE(wf_wait_state("rp1", "cancelled", 100));
+    ASSERT_EQ(wf_count_lines(mark), 0);
+    ASSERT_EQ(rf_int("EXISTS voxq:cancel:rp1"), 1);
+    /* The producer deletes the key: the id runs afresh. */
+    r = rf_cmd("DEL voxq:cancel:rp1");
+    freeReplyObject(r);
+    wf_push("voxq:jobs", one);
+    ASSERT_TRUE(wf_wait_state("rp1", "succeeded", 5000));
+    ASSERT_EQ(wf_count_lines(mark), 1);
+    ASSERT_EQ(wf_field_int("rp1", "attempts"), 1);
+    /* Cancelled mid-run, then pushed again: cancelled, not run again until the key is gone. */
+    snprintf(two, sizeof two, "{\"id\":\"rp2\",\"type\":\"synthesize\",\"reply_to\":\"rp:2\","
+             "\"text\":\"[S1] mark:%s sleep:10000\"}", mark);
+    wf_push("voxq:jobs", two);
+    ASSERT_TRUE(wf_wait_state("rp2", "running", 5000));
+    r = rf_cmd("SET voxq:cancel:rp2 1 EX 86400");
+    freeReplyObject(r);
+    ASSERT_TRUE(wf_wait_state("rp2", "cancelled", 5000));
+    ASSERT_TRUE(wait_len("rp:2", 1, 1000));
+    snprintf(two, sizeof two, "{\"id\":\"rp2\",\"type\":\"synthesize\",\"reply_to\":\"rp:2\","
+             "\"text\":\"[S1] mark:%s sleep:10\"}", mark);
+    wf_push("voxq:jobs", two);
+    ASSERT_TRUE(wait_len("rp:2", 2, 5000));
+    ASSERT_TRUE(wf_wait_state("rp2", "cancelled", 100));
+    ASSERT_EQ(wf_count_lines(mark), 2);
+    r = rf_cmd("DEL voxq:cancel:rp2");
+    freeReplyObject(r);
+    wf_push("voxq:jobs", two);
+    ASSERT_TRUE(wf_wait_state("rp2", "succeeded", 5000));
+    ASSERT_EQ(wf_count_lines(mark), 3);
+    ASSERT_EQ(wf_proc_total(), 0);
+}
+
+/* 25 with a copy of a running job: while another live worker runs the job and its cancel is
+ * pending, a copy is dropped, and the record left to the running worker, which cancels at its
+ * next heartbeat. Marking the copy cancelled would overwrite the record under that worker's
+ * run, whose own cancel would then find no running job and leave its processing list behind.
+ * The running worker is stopped (SIGSTOP) for well under its lease while the copy arrives,
+ * so it cannot act on the cancel first. */
+TEST(cancel_drops_copy_of_running_job) {
+    SETUP();
+    const char *mark = wf_path("dropcopy.mark");
+    unlink(mark);
+    pid_t a = wf_spawn(NULL, NULL, 0);
+    snprintf(json_, sizeof json_, "{\"id\":\"cd1\",\"type\":\"synthesize\",\"reply_to\":"
+             "\"cd:r\",\"text\":\"[S1] mark:%s sleep:10000\"}", mark);
+    wf_push("voxq:jobs", json_);
+    ASSERT_TRUE(wf_wait_state("cd1", "running", 5000));
+    char *owner = wf_field("cd1", "worker");
+    char logb[400];
+    wf_spawn(NULL, logb, sizeof logb);
+    int64_t end = rf_now_ms() + 5000;
+    while (rf_int("SCARD voxq:workers") < 2 && rf_now_ms() < end) rf_sleep_ms(25);
+    ASSERT_EQ(rf_int("SCARD voxq:workers"), 2);
+    kill(a, SIGSTOP);
+    redisReply *r = rf_cmd("SET voxq:cancel:cd1 1 EX 86400");
+    freeReplyObject(r);
+    wf_push("voxq:jobs", json_); /* the copy */
+    end = rf_now_ms() + 1000;
+    while (!wf_file_contains(logb, "dropped") && rf_now_ms() < end) rf_sleep_ms(10);
+    int dropped = wf_file_contains(logb, "dropped");
+    char *state = wf_field("cd1", "state"), *worker = wf_field("cd1", "worker");
+    long long replies = rf_int("LLEN cd:r"), queued = rf_int("LLEN voxq:jobs");
+    kill(a, SIGCONT);
+    ASSERT_STREQ(state, "running");
+    ASSERT_STREQ(worker, owner);
+    ASSERT_EQ(replies, 0);
+    ASSERT_EQ(queued, 0);
+    ASSERT_TRUE(dropped);
+    free(state);
+    free(worker);
+    ASSERT_TRUE(wf_wait_state("cd1", "cancelled", 5000));
+    worker = wf_field("cd1", "worker");
+    ASSERT_STREQ(worker, owner);
+    free(worker);
+    free(owner);
+    ASSERT_TRUE(wait_len("cd:r", 1, 1000));
+    rf_sleep_ms(300);
+    ASSERT_EQ(rf_int("LLEN cd:r"), 1);
+    ASSERT_EQ(rf_int("ZCARD voxq:delayed"), 0);
+    ASSERT_EQ(wf_count_lines(mark), 1);
+    ASSERT_EQ(wf_proc_total(), 0);
+}
+
 /* 26: a cancel whose PUBLISH is missed (sub connection down) is caught by the heartbeat. */
 TEST(cancel_without_pubsub) {
     SETUP();
@@ -564,6 +875,9 @@ TEST(malformed_copy_of_running_job) {
     wf_push("voxq:jobs",
             "{\"id\":\"live1\",\"type\":\"synthesize\",\"reply_to\":\"copy:r\",\"text\":5}");
     ASSERT_TRUE(wf_wait_state("live1", "succeeded", 10000));
+    /* With one job at a time the copy is fetched only after live1's ack: wait for its answer. */
+    int64_t end = rf_now_ms() + 5000;
+    while (rf_int("LLEN copy:r") == 0 && rf_now_ms() < end) rf_sleep_ms(25);
     char *msg = rf_str("LINDEX copy:r 0");
     ASSERT_CONTAINS(msg, "\"state\":\"rejected\"");
     ASSERT_CONTAINS(msg, "\"id\":\"live1\"");

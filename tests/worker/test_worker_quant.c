@@ -183,6 +183,54 @@ TEST(quantize_lock_renewal_fails) {
     ASSERT_OK(rf_restart());
 }
 
+/* timeout_s holds for quantize jobs too: past it the quantization stops at its next chunk, the
+ * staging is discarded, the lock released, and the attempt fails with "timeout" (retryable, so
+ * max_attempts 1 ends it failed). */
+TEST(quantize_timeout) {
+    SETUP();
+    ASSERT_OK(make_store(wf_store_, "big", 1));
+    static const char *const env[] = {"VOXQ_MODEL=big", "VOXQ_THREADS=1", NULL};
+    pid_t w = wf_spawn(env, NULL, 0);
+    wf_push("voxq:jobs", "{\"id\":\"qt\",\"type\":\"quantize\",\"model\":\"big\","
+                         "\"method\":\"int8\",\"timeout_s\":0.1,\"max_attempts\":1}");
+    ASSERT_TRUE(wf_wait_state("qt", "failed", 30000));
+    char *code = wf_field("qt", "error_code");
+    ASSERT_STREQ(code, "timeout");
+    free(code);
+    ASSERT_EQ(wf_field_int("qt", "attempts"), 1);
+    struct stat st;
+    ASSERT_NE(stat(sp(wf_store_, "models/big/int8"), &st), 0);
+    ASSERT_EQ(count_entries(sp(wf_store_, "tmp")), 0);
+    ASSERT_EQ(rf_int("EXISTS voxq:lock:quant:big/int8"), 0);
+    ASSERT_TRUE(wf_alive(w));
+    ASSERT_EQ(wf_proc_total(), 0);
+    /* Without a timeout the same job succeeds: it was the timeout that stopped it. */
+    wf_push("voxq:jobs", quant_job("qt2", "big", "int8"));
+    ASSERT_TRUE(wf_wait_state("qt2", "succeeded", 60000));
+    char *ms = wf_field("qt2", "run_ms");
+    fprintf(stderr, "  (the quantization takes %s ms here)\n", ms ? ms : "?");
+    free(ms);
+}
+
+/* A quantize job asking for a source other than "original" is bad input: rejected (never
+ * retried), naming the field, not failed by the worker. */
+TEST(quantize_bad_source_rejected) {
+    SETUP();
+    ASSERT_OK(make_store(wf_store_, "dia-tiny", 0));
+    static const char *const env[] = {"VOXQ_MODEL=dia-tiny", NULL};
+    wf_spawn(env, NULL, 0);
+    wf_push("voxq:jobs", "{\"id\":\"qs\",\"type\":\"quantize\",\"model\":\"dia-tiny\","
+                         "\"method\":\"int8\",\"source\":\"int4\"}");
+    ASSERT_TRUE(wf_wait_state("qs", "rejected", 10000));
+    char *e = wf_field("qs", "error");
+    ASSERT_CONTAINS(e, "'source'");
+    free(e);
+    char *code = wf_field("qs", "error_code");
+    ASSERT_STREQ(code, "invalid_field");
+    free(code);
+    ASSERT_EQ(wf_proc_total(), 0);
+}
+
 /* Inode of path, 0 when absent. */
 static ino_t inode_of(const char *path) {
     struct stat st;
