@@ -6,7 +6,10 @@
  * "\u0000" would silently truncate a cJSON string so payloads holding it are refused,
  * numbers are doubles so ids must be strings. With duplicate keys cJSON returns the first, and
  * the first wins (spec §6 case 6); the scripts' Lua cjson would take the last, so a payload that
- * repeats a key is kept in Redis in its canonical form (queue_job_canonical). */
+ * repeats a key is kept in Redis in its canonical form (queue_job_canonical). cJSON also skips
+ * a leading byte-order mark and takes any byte <= 32 as whitespace, where Lua cjson refuses
+ * both: such payloads are refused here (lua_cjson_unreadable), or the reaper could not count
+ * the crashes of the job (docs/queue.md, Reaper). */
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -39,10 +42,9 @@ static int key_reserved(const char *key, const char *prefix) {
     size_t n = strlen(prefix);
     if (strncmp(key, prefix, n) != 0) return 0;
     if (n > 0) return 1;
-    static const char *const exact[] = {"jobs", "jobs:hi", "workers", "delayed", "dead",
-                                        "reaper:lock", NULL};
+    static const char *const exact[] = {"jobs", "jobs:hi", "workers", "delayed", "dead", NULL};
     static const char *const families[] = {"proc:", "hb:", "job:", "cancel:", "lock:", "ev:",
-                                           NULL};
+                                           "reaper:", NULL};
     for (const char *const *e = exact; *e; e++)
         if (!strcmp(key, *e)) return 1;
     for (const char *const *f = families; *f; f++)
@@ -444,6 +446,34 @@ static int parse_quantize(const cJSON *obj, queue_job *job, queue_job_error *err
     return 0;
 }
 
+/* Refuses what cJSON reads but the scripts' Lua cjson does not: a UTF-8 byte-order mark at the
+ * start, and a control byte other than tab, newline and carriage return between tokens (cJSON
+ * skips every byte <= 32 there). A payload the scripts cannot decode would escape the reaper's
+ * recovery count, so it must not run. Inside strings both take raw control bytes, so strings are
+ * only stepped over. buf holds len bytes and no NUL (checked before). Returns 0 or -1 with err. */
+static int lua_cjson_unreadable(const char *buf, size_t len, queue_job_error *err) {
+    if (len >= 3 && !memcmp(buf, "\xEF\xBB\xBF", 3))
+        return fail(err, "invalid_json", "", "payload is not JSON: it starts with a UTF-8 "
+                    "byte-order mark (EF BB BF), which voxq does not accept");
+    int in_string = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)buf[i];
+        if (in_string) {
+            if (c == '\\')
+                i++; /* the escaped byte cannot end the string */
+            else if (c == '"')
+                in_string = 0;
+        } else if (c == '"') {
+            in_string = 1;
+        } else if (c < 0x20 && c != '\t' && c != '\n' && c != '\r') {
+            return fail(err, "invalid_json", "", "payload is not JSON: control byte 0x%02X at "
+                        "offset %zu outside a string (only space, tab, newline and carriage "
+                        "return may separate tokens)", c, i);
+        }
+    }
+    return 0;
+}
+
 int queue_job_parse(const char *raw, size_t len, const queue_job_limits *lim, queue_job *job,
                     queue_job_error *err) {
     queue_job_limits dl;
@@ -481,6 +511,10 @@ int queue_job_parse(const char *raw, size_t len, const queue_job_limits *lim, qu
             return rc;
         }
         i++; /* skip the escaped character so "\\\\u0000" is not mistaken */
+    }
+    if (lua_cjson_unreadable(buf, len, err) != 0) {
+        free(buf);
+        return -1;
     }
     const char *end = NULL;
     cJSON *obj = cJSON_ParseWithLengthOpts(buf, len + 1, &end, 1);

@@ -211,7 +211,11 @@ static const char heartbeat_lua[] = PREAMBLE
 /* reap: ARGV 2 wid, 3 now, 4 max_recoveries, 5 limit, 6 lock_ms, 7 default ttl, 8 ttl cap.
  * Whoever wins the reaper lock returns the jobs of workers without a heartbeat (counting a
  * recovery for the job each held; past max_recoveries it is a poison job: dead, its record kept
- * for the job's own result_ttl_s) and promotes due delayed jobs. */
+ * for the job's own result_ttl_s) and promotes due delayed jobs. A payload Lua cjson cannot
+ * decode has no id to count under (the worker's parser refuses such payloads, so one is only
+ * here if it crashed a worker before the reject or came from elsewhere): its recoveries are
+ * counted in P..'reaper:raw:'..sha1(payload), which lives the default ttl, so it too ends in the
+ * dead letter list, without a job hash, rather than crash workers forever. */
 static const char reap_lua[] = PREAMBLE
     "if not redis.call('SET', P .. 'reaper:lock', ARGV[2], 'NX', 'PX', ARGV[6]) then\n"
     "  return {-1, 0, 0}\n"
@@ -262,6 +266,18 @@ static const char reap_lua[] = PREAMBLE
     "            redis.call('HSET', jk, 'state', 'queued')\n"
     "            emit(id, 'queued', {recoveries = tostring(r)}, nil, false)\n"
     "          end\n"
+    "        end\n"
+    "      elseif not job then\n"
+    "        local rk = P .. 'reaper:raw:' .. redis.sha1hex(raw)\n"
+    "        local r = redis.call('INCR', rk)\n"
+    "        redis.call('EXPIRE', rk, ARGV[7])\n"
+    "        if r > maxrec then\n"
+    "          poison = true\n"
+    "          redis.call('DEL', rk)\n"
+    "          local msg = 'a worker died holding this payload ' .. r ..\n"
+    "            ' times (poison job; the scripts cannot decode it as JSON)'\n"
+    "          dead_letter({raw = raw, error_code = 'poison', error = msg, at = now, worker = w})\n"
+    "          dead = dead + 1\n"
     "        end\n"
     "      end\n"
     "      if not poison then redis.call('RPUSH', queue_of(job), raw) end\n"

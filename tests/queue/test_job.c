@@ -130,6 +130,38 @@ TEST(not_json) {
     EXPECT_REJECT("\"s\"", "not_object", "");
 }
 
+/* What cJSON reads but the scripts' Lua cjson refuses (so the reaper could not count the job's
+ * crashes): a byte-order mark, a control byte between tokens. Rejected, saying what and where;
+ * the four JSON whitespace bytes, and control bytes inside strings, still pass. */
+TEST(lua_cjson_unreadable) {
+    queue_job job;
+    queue_job_error err;
+    const char *bom = "\xEF\xBB\xBF{\"type\":\"synthesize\",\"text\":\"[S1] hi\"}";
+    EXPECT_REJECT(bom, "invalid_json", "");
+    ASSERT_EQ(parse(bom, &job, &err), -1);
+    ASSERT_CONTAINS(err.message, "byte-order mark");
+    static const char *const bad[] = {
+        "{\x0b\"type\":\"synthesize\",\"text\":\"[S1] hi\"}",
+        "{\"type\":\x0c\"synthesize\",\"text\":\"[S1] hi\"}",
+        "{\"type\":\"synthesize\",\"text\":\"[S1] hi\"}\x01",
+        "\x1f{\"type\":\"synthesize\",\"text\":\"[S1] hi\"}",
+    };
+    static const char *const where[] = {"0x0B at offset 1", "0x0C at offset 8", "0x01 at offset 38",
+                                        "0x1F at offset 0"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        ASSERT_EQ(parse(bad[i], &job, &err), -1);
+        ASSERT_STREQ(err.code, "invalid_json");
+        ASSERT_STREQ(err.field, "");
+        ASSERT_CONTAINS(err.message, where[i]);
+    }
+    ASSERT_OK(parse(" \t\r\n{ \"type\" :\t\"synthesize\",\r\n\"text\": \"[S1] hi\" }\n", &job,
+                    &err));
+    queue_job_free(&job);
+    /* Inside a string a control byte (and an escaped quote before it) is the text's business. */
+    ASSERT_OK(parse("{\"type\":\"synthesize\",\"text\":\"[S1] \\\"a\x0b\"}", &job, &err));
+    queue_job_free(&job);
+}
+
 TEST(ids) {
     EXPECT_REJECT("{\"id\":12,\"type\":\"synthesize\",\"text\":\"t\"}", "invalid_id", "id");
     EXPECT_REJECT("{\"id\":\"\",\"type\":\"synthesize\",\"text\":\"t\"}", "invalid_id", "id");

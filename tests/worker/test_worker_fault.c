@@ -121,6 +121,31 @@ TEST(bad_inputs_rejected) {
     ASSERT_EQ(wf_proc_total(), 0);
 }
 
+/* A payload cJSON reads but the scripts' Lua cjson refuses (a byte-order mark, a control byte
+ * between tokens) is rejected before it runs: were it run and crash its worker, the reaper
+ * could not decode it to count the crash. Here it would crash the worker every time. */
+TEST(lua_cjson_unreadable_rejected) {
+    SETUP();
+    pid_t w = wf_spawn(NULL, NULL, 0);
+    wf_push("voxq:jobs", "\xEF\xBB\xBF{\"id\":\"bom1\",\"type\":\"synthesize\",\"text\":"
+                         "\"[S1] crash\"}");
+    wf_push("voxq:jobs", "{\"id\":\"vt1\",\x0b\"type\":\"synthesize\",\"text\":\"[S1] crash\"}");
+    wf_push("voxq:jobs", job("after-unreadable", "sleep:10"));
+    ASSERT_TRUE(wf_wait_state("after-unreadable", "succeeded", 20000));
+    ASSERT_TRUE(wf_alive(w));
+    ASSERT_EQ(rf_int("LLEN voxq:dead"), 2);
+    char *env = rf_str("LINDEX voxq:dead 1");
+    ASSERT_CONTAINS(env, "\"error_code\":\"invalid_json\"");
+    ASSERT_CONTAINS(env, "byte-order mark");
+    free(env);
+    env = rf_str("LINDEX voxq:dead 0");
+    ASSERT_CONTAINS(env, "\"error_code\":\"invalid_json\"");
+    ASSERT_CONTAINS(env, "0x0B at offset 12");
+    free(env);
+    ASSERT_EQ(rf_int("EXISTS voxq:job:bom1"), 0);
+    ASSERT_EQ(wf_proc_total(), 0);
+}
+
 /* Waits up to ms for list key to hold n elements. */
 static int wait_len(const char *key, long long n, int ms) {
     int64_t end = rf_now_ms() + ms;
