@@ -12,7 +12,11 @@
  *   2 a slot = 4 KB contiguous (two whole rows), one 1D bulk copy
  *   3 a slot = 16 rows x 256 bytes as 16 bulk copies of 256 bytes (the pre-tensor-map k_mlp)
  * Usage: stream-bench [order] [warps] [ring] [MB] [layers] [reps] [work]
- *   work: FFMA-chain iterations a slot per lane, to stand for the consumer's compute. */
+ *   work: FFMA-chain iterations a slot per lane, to stand for the consumer's compute.
+ * Build (here; not part of the CMake build, on purpose standalone: its mbarrier helpers repeat
+ * cuda_mlp.cu's few lines rather than reach into the engine):
+ *   nvcc -O3 -arch=sm_90a -std=c++17 -o .devbuild/gpu/stream-bench tools/device/stream-bench.cu
+ * Session 9's figures are in docs/perf-notes.md. */
 #include <cuda.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
