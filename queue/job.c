@@ -305,9 +305,7 @@ static size_t skip_value(const char *raw, size_t len, size_t at) {
  * or if raw does not have obj's shape (it always has). */
 static char *splice_members(const char *raw, size_t len, const cJSON *obj,
                             const unsigned char *later, const char *id, size_t *out_len) {
-    size_t open = 0;
-    if (len >= 3 && !memcmp(raw, "\xEF\xBB\xBF", 3)) open = 3; /* cJSON skips a BOM */
-    open = skip_space(raw, len, open);
+    size_t open = skip_space(raw, len, 0); /* no byte-order mark: lua_cjson_unreadable */
     if (open >= len || raw[open] != '{') return NULL;
     size_t idn = id ? strlen(id) + 8 : 0; /* "id":"<id>", */
     char *out = malloc(len + idn + 1);
