@@ -8,7 +8,7 @@
  * the first wins (spec §6 case 6); the scripts' Lua cjson would take the last, so a payload that
  * repeats a key is kept in Redis in its canonical form (queue_job_canonical). cJSON also skips
  * a leading byte-order mark and takes any byte <= 32 as whitespace, where Lua cjson refuses
- * both: such payloads are refused here (lua_cjson_unreadable), or the reaper could not count
+ * both: such payloads are refused here (refuse_before_cjson), or the reaper could not count
  * the crashes of the job (docs/queue.md, Reaper). */
 #include <ctype.h>
 #include <errno.h>
@@ -305,7 +305,7 @@ static size_t skip_value(const char *raw, size_t len, size_t at) {
  * or if raw does not have obj's shape (it always has). */
 static char *splice_members(const char *raw, size_t len, const cJSON *obj,
                             const unsigned char *later, const char *id, size_t *out_len) {
-    size_t open = skip_space(raw, len, 0); /* no byte-order mark: lua_cjson_unreadable */
+    size_t open = skip_space(raw, len, 0); /* no byte-order mark: refuse_before_cjson */
     if (open >= len || raw[open] != '{') return NULL;
     size_t idn = id ? strlen(id) + 8 : 0; /* "id":"<id>", */
     char *out = malloc(len + idn + 1);
@@ -444,23 +444,28 @@ static int parse_quantize(const cJSON *obj, queue_job *job, queue_job_error *err
     return 0;
 }
 
-/* Refuses what cJSON reads but the scripts' Lua cjson does not: a UTF-8 byte-order mark at the
- * start, and a control byte other than tab, newline and carriage return between tokens (cJSON
- * skips every byte <= 32 there). A payload the scripts cannot decode would escape the reaper's
- * recovery count, so it must not run. Inside strings both take raw control bytes, so strings are
- * only stepped over. buf holds len bytes and no NUL (checked before). Returns 0 or -1 with err. */
-static int lua_cjson_unreadable(const char *buf, size_t len, queue_job_error *err) {
+/* One pass over the payload before cJSON reads it, refusing what cJSON would read wrongly or
+ * the scripts' Lua cjson not at all:
+ *   - "\u0000": cJSON turns it into a NUL that silently truncates the string;
+ *   - a UTF-8 byte-order mark at the start, and a control byte other than tab, newline and
+ *     carriage return between tokens: cJSON skips them (every byte <= 32 is whitespace to it),
+ *     Lua cjson refuses them, and a payload the scripts cannot decode would escape the reaper's
+ *     recovery count, so it must not run. Inside strings both take raw control bytes.
+ * buf holds len bytes and no NUL (checked before). Returns 0 or -1 with err. */
+static int refuse_before_cjson(const char *buf, size_t len, queue_job_error *err) {
     if (len >= 3 && !memcmp(buf, "\xEF\xBB\xBF", 3))
         return fail(err, "invalid_json", "", "payload is not JSON: it starts with a UTF-8 "
                     "byte-order mark (EF BB BF), which voxq does not accept");
     int in_string = 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)buf[i];
-        if (in_string) {
-            if (c == '\\')
-                i++; /* the escaped byte cannot end the string */
-            else if (c == '"')
-                in_string = 0;
+        if (c == '\\') {
+            if (i + 6 <= len && buf[i + 1] == 'u' && !memcmp(buf + i + 2, "0000", 4))
+                return fail(err, "invalid_json", "", "payload holds \\u0000 at offset %zu, "
+                            "which voxq does not accept", i);
+            i++; /* the escaped byte neither ends a string nor starts an escape */
+        } else if (in_string) {
+            if (c == '"') in_string = 0;
         } else if (c == '"') {
             in_string = 1;
         } else if (c < 0x20 && c != '\t' && c != '\n' && c != '\r') {
@@ -499,18 +504,7 @@ int queue_job_parse(const char *raw, size_t len, const queue_job_limits *lim, qu
         free(buf);
         return -1;
     }
-    /* cJSON turns "\u0000" into a NUL that silently truncates the string: refuse it. */
-    for (size_t i = 0; i + 6 <= len; i++) {
-        if (buf[i] != '\\') continue;
-        if (buf[i + 1] == 'u' && !memcmp(buf + i + 2, "0000", 4)) {
-            rc = fail(err, "invalid_json", "", "payload holds \\u0000 at offset %zu, which "
-                      "voxq does not accept", i);
-            free(buf);
-            return rc;
-        }
-        i++; /* skip the escaped character so "\\\\u0000" is not mistaken */
-    }
-    if (lua_cjson_unreadable(buf, len, err) != 0) {
+    if (refuse_before_cjson(buf, len, err) != 0) {
         free(buf);
         return -1;
     }

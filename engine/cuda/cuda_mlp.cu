@@ -180,22 +180,20 @@ __device__ __forceinline__ void mlp_stage(__nv_bfloat16 *xs, int stride, const f
         const float4 *p = (const float4 *)(src + (size_t)row * len + k);
         float4 a = __ldcg(p), c = __ldcg(p + 1);
         float v[8] = {a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w};
-        {
-            float m[8], ss = 0.f;
-            if (k == k0) {
+        float m[8], ss = 0.f;
+        if (k == k0) {
 #pragma unroll
-                for (int j = 0; j < 8; j++) m[j] = nw0[j];
-            } else {
-                load8(nw + k, m);
-            }
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                ss = fmaf(v[j], v[j], ss);
-                v[j] *= m[j];
-            }
-            ss = warp_sum(ss);
-            if (threadIdx.x % 32 == 0) atomicAdd(&s_ss[row], ss);
+            for (int j = 0; j < 8; j++) m[j] = nw0[j];
+        } else {
+            load8(nw + k, m);
         }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            ss = fmaf(v[j], v[j], ss);
+            v[j] *= m[j];
+        }
+        ss = warp_sum(ss);
+        if (threadIdx.x % 32 == 0) atomicAdd(&s_ss[row], ss);
         *(uint4 *)(xs + row * stride + k) = pack8_bf16<FMT>(v);
     }
 }
