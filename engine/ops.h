@@ -197,11 +197,6 @@ typedef struct eng_backend_ops {
                           const eng_tensor *v, const eng_tensor *pos, float theta, eng_kv *kv,
                           const eng_tensor *slot, const eng_tensor *len, float scale);
 
-    /* Optional hint (NULL: none): start bringing `share` (0-1) of every row of w closer to the
-     * ops that read it later in the stream (CUDA: into L2, beside the ops that follow, which do
-     * not wait for it). Results never depend on it. */
-    int (*prefetch)(eng_backend *be, const eng_weight *w, float share);
-
     /* Optional: per-op device time since the last call, as JSON {"total_ms", "ops": [{"op",
      * "calls", "ms", "share"}]} (CUDA with VOXQ_CUDA_PROFILE=1; steps then run uncaptured). */
     int (*profile_json)(eng_backend *be, char *buf, size_t cap);
@@ -232,7 +227,6 @@ static inline void eng_free(eng_backend *be, void *p) { if (p) be->ops->free(be,
 static inline int eng_upload(eng_backend *be, void *d, const void *s, size_t n) { return be->ops->upload(be, d, s, n); }
 static inline int eng_download(eng_backend *be, void *d, const void *s, size_t n) { return be->ops->download(be, d, s, n); }
 static inline int eng_sync(eng_backend *be) { return be->ops->sync(be); }
-static inline int eng_prefetch(eng_backend *be, const eng_weight *w, float share) { return be->ops->prefetch ? be->ops->prefetch(be, w, share) : 0; }
 static inline int eng_linear(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_weight *w) { return be->ops->linear(be, y, x, w); }
 static inline int eng_rmsnorm(eng_backend *be, eng_tensor *y, const eng_tensor *x, const eng_tensor *w, float eps) { return be->ops->rmsnorm(be, y, x, w, eps); }
 static inline int eng_add(eng_backend *be, eng_tensor *y, const eng_tensor *a) { return be->ops->add(be, y, a); }

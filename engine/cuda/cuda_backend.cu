@@ -273,57 +273,10 @@ static void cuda_weight_release(eng_backend *be, eng_weight *w) {
     w->scales = NULL;
 }
 
-/* L2 prefetch of the first `bytes` of each of `rows` rows (row_bytes apart): bulk prefetches,
- * fire and forget (nothing waits for them, the block may exit before they land). */
-__global__ void k_l2_prefetch(const char *p, int64_t rows, int64_t row_bytes, unsigned bytes,
-                              int last) {
-    int64_t step = (int64_t)gridDim.x * blockDim.x;
-    uint64_t pol = 0;
-    if (last) asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
-    for (int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += step) {
-        if (last)
-            asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;" ::"l"(
-                             p + r * row_bytes),
-                         "r"(bytes), "l"(pol)
-                         : "memory");
-        else
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p + r * row_bytes),
-                         "r"(bytes)
-                         : "memory");
-    }
-}
-
-/* eng_prefetch: a kernel on the side stream, forked here and joined before the capture ends,
- * so the ops after it in the stream do not wait for it. */
-static int cuda_prefetch(eng_backend *be, const eng_weight *w, float share) {
-    cuda_impl *c = cuda_of(be);
-    static long pct_wide = -1, pct_narrow, blocks, last;
-    if (pct_wide < 0) {
-        pct_wide = cuda_env_knob("VOXQ_CUDA_L2_PF", 0, 0, 100);
-        pct_narrow = cuda_env_knob("VOXQ_CUDA_L2_PF_NARROW", 0, 0, 100);
-        blocks = cuda_env_knob("VOXQ_CUDA_L2_PF_BLOCKS", 32, 1, 1024);
-        last = cuda_env_knob("VOXQ_CUDA_L2_PF_LAST", 0, 0, 1);
-    }
-    if (!w->data || w->out <= 0) return 0;
-    int64_t row_bytes = (int64_t)(eng_weight_data_bytes(w) / (size_t)w->out);
-    long pct = w->out > w->in ? pct_wide : pct_narrow;
-    int64_t bytes = (int64_t)((double)row_bytes * share * (double)pct / 100.0) & ~(int64_t)15;
-    if (bytes <= 0 || row_bytes % 16) return 0;
-    CU_CHECK(be, cudaEventRecord(c->fork_ev, c->stream));
-    CU_CHECK(be, cudaStreamWaitEvent(c->side, c->fork_ev, 0));
-    k_l2_prefetch<<<(unsigned)blocks, 256, 0, c->side>>>((const char *)w->data, w->out, row_bytes,
-                                                          (unsigned)bytes, (int)last);
-    CU_LAUNCHED(be);
-    CU_CHECK(be, cudaEventRecord(c->join_ev, c->side));
-    c->side_pending = c->capturing; /* a capture must join it back before it ends */
-    return 0;
-}
-
 static int cuda_graph_begin(eng_backend *be) {
     cuda_impl *c = cuda_of(be);
     CU_CHECK(be, cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
     c->capturing = 1;
-    c->side_pending = 0;
     return 0;
 }
 
@@ -331,15 +284,6 @@ static int cuda_graph_end(eng_backend *be, int key) {
     cuda_impl *c = cuda_of(be);
     cudaGraph_t g = NULL;
     c->capturing = 0;
-    if (c->side_pending) {
-        c->side_pending = 0;
-        cudaError_t je = cudaStreamWaitEvent(c->stream, c->join_ev, 0);
-        if (je != cudaSuccess) {
-            cudaStreamEndCapture(c->stream, &g);
-            if (g) cudaGraphDestroy(g);
-            CU_CHECK(be, je);
-        }
-    }
     CU_CHECK(be, cudaStreamEndCapture(c->stream, &g));
     cudaGraphExec_t exec = NULL;
     cudaError_t e = cudaGraphInstantiate(&exec, g, 0);
@@ -393,7 +337,6 @@ static void cuda_destroy(eng_backend *be) {
     cuda_backend_state *st = state_of(be);
     cuda_impl *c = &st->impl;
     cudaStreamSynchronize(c->stream);
-    if (c->side) cudaStreamSynchronize(c->side);
     cuda_graph_reset(be);
     cuda_free(be, c->scratch);
     cuda_free(be, c->cublas_ws);
@@ -402,9 +345,6 @@ static void cuda_destroy(eng_backend *be) {
     cuda_free(be, c->grid_bar);
     cublasDestroy(c->cublas);
     cudaStreamDestroy(c->stream);
-    if (c->side) cudaStreamDestroy(c->side);
-    if (c->fork_ev) cudaEventDestroy(c->fork_ev);
-    if (c->join_ev) cudaEventDestroy(c->join_ev);
     free(st->table.recs);
     free(st);
     free(be);
@@ -447,9 +387,7 @@ static eng_backend_ops make_ops(void) {
     o.graph_end = cuda_graph_end;
     o.graph_launch = cuda_graph_launch;
     o.graph_reset = cuda_graph_reset;
-    o.prefetch = cuda_prefetch;
     if (cuda_profile_enabled()) {
-        o.prefetch = NULL; /* every op timed alone: nothing beside it */
         cuda_profile_install(&o);
         o.linear_group = NULL; /* profiled as its parts (one linear+rmsnorm per weight) */
         o.profile_json = cuda_profile_json;
@@ -491,14 +429,7 @@ CUDA_EXTERN int eng_cuda_backend_create(eng_backend **out, int device, eng_error
     cudaDeviceProp prop;
     e = cudaGetDeviceProperties(&prop, device);
     if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
-    if (e == cudaSuccess) e = cudaStreamCreateWithFlags(&c->side, cudaStreamNonBlocking);
-    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&c->fork_ev, cudaEventDisableTiming);
-    if (e == cudaSuccess) e = cudaEventCreateWithFlags(&c->join_ev, cudaEventDisableTiming);
     if (e != cudaSuccess) {
-        if (c->join_ev) cudaEventDestroy(c->join_ev);
-        if (c->fork_ev) cudaEventDestroy(c->fork_ev);
-        if (c->side) cudaStreamDestroy(c->side);
-        if (c->stream) cudaStreamDestroy(c->stream);
         free(st);
         free(be);
         return eng_errorf(err, ENG_EDEVICE, "CUDA setup: %s", cudaGetErrorString(e));
@@ -508,9 +439,6 @@ CUDA_EXTERN int eng_cuda_backend_create(eng_backend **out, int device, eng_error
     if (cublasCreate(&c->cublas) != CUBLAS_STATUS_SUCCESS ||
         cublasSetStream(c->cublas, c->stream) != CUBLAS_STATUS_SUCCESS) {
         cudaStreamDestroy(c->stream);
-        cudaStreamDestroy(c->side);
-        cudaEventDestroy(c->fork_ev);
-        cudaEventDestroy(c->join_ev);
         free(st);
         free(be);
         return eng_errorf(err, ENG_EDEVICE, "cublasCreate failed");

@@ -28,11 +28,6 @@ typedef struct cuda_graph_slot {
 typedef struct cuda_impl {
     int device;
     cudaStream_t stream;
-    /* eng_prefetch's side branch: forked from `stream` at fork_ev, joined back at join_ev
-     * before a capture ends (side_pending). */
-    cudaStream_t side;
-    cudaEvent_t fork_ev, join_ev;
-    int side_pending;
     cublasHandle_t cublas;
     int sm_count;
     size_t smem_optin; /* shared memory a block may opt in to (cudaDeviceProp) */

@@ -195,9 +195,6 @@ static int decoder_ops(dia_model *m, int rows, eng_error *err) {
         eng_linear_args na = {ENG_PRE_RMSNORM, &L->pre_sa_norm, c->dec_norm_eps, 0, &h, NULL,
                               ENG_POST_NONE};
         OP(eng_linear_group(m->be, 3, qkv, &x, wqkv, &na), "self q/k/v_proj", l);
-        /* the MLP's weights on their way to L2 while the attention hops leave DRAM idle */
-        OP(eng_prefetch(m->be, &L->gate_up, 1.f), "gate_up prefetch", l);
-        OP(eng_prefetch(m->be, &L->down, 1.f), "down prefetch", l);
         OP(eng_rope_attention(m->be, &att3, &q3, &k3, &v3, &pos, c->dec_rope_theta, &L->self_kv,
                               &slot, &len, 1.0f),
            "self rope + K/V write + attention", l);
