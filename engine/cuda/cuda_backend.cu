@@ -273,6 +273,48 @@ static void cuda_weight_release(eng_backend *be, eng_weight *w) {
     w->scales = NULL;
 }
 
+unsigned long long *cuda_block_trace;
+unsigned cuda_block_trace_cap;
+
+/* VOXQ_CUDA_BLOCK_TRACE=records (debug): the trace buffer, allocated by the first backend. */
+static void block_trace_start(void) {
+    long cap = cuda_env_knob("VOXQ_CUDA_BLOCK_TRACE", 0, 0, 1L << 22);
+    if (!cap || cuda_block_trace) return;
+    size_t bytes = (size_t)(cap + 1) * CUDA_TRACE_REC * sizeof(unsigned long long);
+    if (cudaMalloc((void **)&cuda_block_trace, bytes) != cudaSuccess ||
+        cudaMemset(cuda_block_trace, 0, bytes) != cudaSuccess) {
+        fprintf(stderr, "voxq: VOXQ_CUDA_BLOCK_TRACE: no room for %ld records\n", cap);
+        cudaFree(cuda_block_trace);
+        cuda_block_trace = NULL;
+        return;
+    }
+    cuda_block_trace_cap = (unsigned)cap;
+}
+
+/* Writes the surviving records, oldest first, as CSV to VOXQ_CUDA_BLOCK_TRACE_OUT (or stderr). */
+static void block_trace_dump(void) {
+    if (!cuda_block_trace) return;
+    size_t cap = cuda_block_trace_cap, n = (cap + 1) * CUDA_TRACE_REC;
+    unsigned long long *h = (unsigned long long *)malloc(n * sizeof *h);
+    if (h && cudaMemcpy(h, cuda_block_trace, n * sizeof *h, cudaMemcpyDeviceToHost) == cudaSuccess) {
+        const char *path = getenv("VOXQ_CUDA_BLOCK_TRACE_OUT");
+        FILE *f = path && *path ? fopen(path, "w") : stderr;
+        if (f) {
+            unsigned long long count = h[0], first = count > cap ? count - cap : 0;
+            fprintf(f, "tag,block,sm,grid,t_start,t_wait,t_end\n");
+            for (unsigned long long i = first; i < count; i++) {
+                const unsigned long long *r = h + CUDA_TRACE_REC * (1 + i % cap);
+                fprintf(f, "%llx,%llu,%llu,%llu,%llu,%llu,%llu\n", r[0], r[1] & 0xffffffffull,
+                        r[1] >> 32, r[2], r[3], r[4], r[5]);
+            }
+            if (f != stderr) fclose(f);
+        }
+    }
+    free(h);
+    cudaFree(cuda_block_trace);
+    cuda_block_trace = NULL;
+}
+
 static int cuda_graph_begin(eng_backend *be) {
     cuda_impl *c = cuda_of(be);
     CU_CHECK(be, cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
@@ -337,6 +379,7 @@ static void cuda_destroy(eng_backend *be) {
     cuda_backend_state *st = state_of(be);
     cuda_impl *c = &st->impl;
     cudaStreamSynchronize(c->stream);
+    block_trace_dump();
     cuda_graph_reset(be);
     cuda_free(be, c->scratch);
     cuda_free(be, c->cublas_ws);
@@ -434,6 +477,7 @@ CUDA_EXTERN int eng_cuda_backend_create(eng_backend **out, int device, eng_error
         free(be);
         return eng_errorf(err, ENG_EDEVICE, "CUDA setup: %s", cudaGetErrorString(e));
     }
+    block_trace_start();
     c->sm_count = prop.multiProcessorCount;
     c->smem_optin = prop.sharedMemPerBlockOptin;
     if (cublasCreate(&c->cublas) != CUBLAS_STATUS_SUCCESS ||

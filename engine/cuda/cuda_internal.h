@@ -91,6 +91,36 @@ __device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.lau
 __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 #endif
 
+/* Block trace (debug, VOXQ_CUDA_BLOCK_TRACE=records): the kernels handed cuda_block_trace
+ * append one record a block, [tag, block | sm << 32, grid, %globaltimer at entry, after
+ * pdl_wait, at exit], at slot buf[0]++ % cap (so the last cap records survive); the backend
+ * writes them to VOXQ_CUDA_BLOCK_TRACE_OUT (CSV) when destroyed. NULL: off. */
+#define CUDA_TRACE_REC 6
+extern unsigned long long *cuda_block_trace;
+extern unsigned cuda_block_trace_cap;
+#ifdef __CUDACC__
+__device__ __forceinline__ unsigned long long trace_now() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+/* Called by thread 0 of a block at its end (after a __syncthreads). */
+__device__ __forceinline__ void trace_block(unsigned long long *buf, unsigned cap,
+                                           unsigned long long tag, unsigned long long t0,
+                                           unsigned long long t1) {
+    unsigned long long t2 = trace_now();
+    unsigned sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    unsigned long long *r = buf + CUDA_TRACE_REC * (1 + atomicAdd(buf, 1ull) % cap);
+    r[0] = tag;
+    r[1] = blockIdx.x | (unsigned long long)sm << 32;
+    r[2] = gridDim.x;
+    r[3] = t0;
+    r[4] = t1;
+    r[5] = t2;
+}
+#endif
+
 /* An integer tuning knob from the environment (A/B timing): `def` when unset, not a whole
  * number, or outside [lo, hi]. Callers read it once and keep it. */
 long cuda_env_knob(const char *name, long def, long lo, long hi);

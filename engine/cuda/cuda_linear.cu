@@ -68,21 +68,23 @@ __device__ __forceinline__ bool row_ok(int row, int r, int R, int out, int half)
     return EPI ? (r < R / 2 ? row < half : row < out) : row < out;
 }
 
-/* y[NR, out] = x[NR, in] . W^T for one format (per segment of segs). A block owns R output rows;
- * its threads split the input dimension in 16-byte chunks of W, so each thread loads R
- * independent weight vectors per step (memory-level parallelism) and reuses every x value it
- * loads for all R rows. Partial sums meet in shared memory. int8 rows carry one scale, int4 one
- * per group of `group` inputs (group % 32 == 0, so a chunk never straddles groups).
+/* y[NR, out] = x[NR, in] . W^T for one format (per segment of segs). A block owns R output rows
+ * in RG groups of R / RG rows; the threads of a group (blockDim.x / RG of them) split the input
+ * dimension in 16-byte chunks of W, so each thread loads R / RG independent weight vectors per
+ * step (memory-level parallelism) and reuses every x value it loads for all of them. More groups
+ * put more threads on the same rows: less serial work a thread once the kernel in front is done
+ * (launch_rg). Partial sums meet in shared memory. int8 rows carry one scale, int4 one per group
+ * of `group` inputs (group % 32 == 0, so a chunk never straddles groups).
  * PRE_RMSNORM: the loop multiplies x by the norm weight and also sums x^2 (each x value is seen by
- * exactly one thread of the block), and the row's 1/rms scales the dot products at the end: no
- * separate pass. PRE_SILU_MUL: x is [gate | up] and the loop uses silu(gate) * up.
+ * exactly one thread of each row group; group 0's sums are used), and the row's 1/rms scales the
+ * dot products at the end: no separate pass. PRE_SILU_MUL: x is [gate | up] and the loop uses silu(gate) * up.
  * EPI (silu epilogue): the block's first R/2 rows are gate rows g0.., the others the matching up
  * rows out/2 + g0..; it writes y[n, out/2] = silu(gate) * up. ACC adds into y. */
-template <int FMT, int NR, int R, int PRE, int ACC, int EPI>
-__global__ void __launch_bounds__(GEMV_THREADS_FOR(FMT))
+template <int FMT, int NR, int R, int PRE, int ACC, int EPI, int RG>
+__global__ void __launch_bounds__(RG > 1 ? GEMV_MAX_THREADS : GEMV_THREADS_FOR(FMT))
 k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
        const float *__restrict__ norm, float eps) {
-    constexpr int V = wload<FMT>::vals;
+    constexpr int V = wload<FMT>::vals, RR = R / RG; /* rows a thread */
     __shared__ float s_part[GEMV_MAX_THREADS / 32][R * NR];
     __shared__ float s_ss[GEMV_MAX_THREADS / 32][NR];
     int blk = (int)blockIdx.x;
@@ -91,71 +93,77 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
     const float *__restrict__ scales = sg.scales;
     float *__restrict__ y = sg.y;
     int out = sg.out, half = out / 2;
-    int rows[R];
+    /* this thread: group g (rows g RR ..), chunk tl of them, then tl + tpg, ... */
+    const int tpg = (int)blockDim.x / RG, g = (int)threadIdx.x / tpg, tl = (int)threadIdx.x % tpg;
+    int rows[RR];
 #pragma unroll
-    for (int r = 0; r < R; r++)
-        rows[r] = EPI ? (r < R / 2 ? blk * (R / 2) + r : half + blk * (R / 2) + r - R / 2)
+    for (int i = 0; i < RR; i++) {
+        int r = g * RR + i;
+        rows[i] = EPI ? (r < R / 2 ? blk * (R / 2) + r : half + blk * (R / 2) + r - R / 2)
                       : blk * R + r;
+    }
     int chunks = in / V, ngroups = FMT == ENG_W_I4 ? (in + group - 1) / group : 1;
+    const unsigned long long tr0 = segs.trace ? trace_now() : 0;
     /* The weights do not depend on the previous kernel: start streaming them before waiting. */
     pdl_trigger();
-    uint4 q[R];
-    if ((int)threadIdx.x < chunks) {
+    uint4 q[RR];
+    if (tl < chunks) {
 #pragma unroll
-        for (int r = 0; r < R; r++)
-            q[r] = row_ok<EPI>(rows[r], r, R, out, half)
-                       ? __ldg(w + (size_t)rows[r] * chunks + threadIdx.x)
+        for (int r = 0; r < RR; r++)
+            q[r] = row_ok<EPI>(rows[r], g * RR + r, R, out, half)
+                       ? __ldg(w + (size_t)rows[r] * chunks + tl)
                        : make_uint4(0, 0, 0, 0);
     }
     /* Also independent of it: int4's group scales and the norm weights of the first chunk, and
      * int8's row scales of this thread's first output (the epilogue below, thread i takes
      * outputs i, i + blockDim.x, ...). */
     constexpr int NOUT = EPI ? R / 2 : R;
-    float sc0[R], rs0 = 1.f, rs0_up = 1.f;
-    if (FMT == ENG_W_I4 && (int)threadIdx.x < chunks) {
+    float sc0[RR], rs0 = 1.f, rs0_up = 1.f;
+    if (FMT == ENG_W_I4 && tl < chunks) {
 #pragma unroll
-        for (int r = 0; r < R; r++)
-            sc0[r] = row_ok<EPI>(rows[r], r, R, out, half)
-                         ? __ldg(scales + (size_t)rows[r] * ngroups + (threadIdx.x * V) / group)
+        for (int r = 0; r < RR; r++)
+            sc0[r] = row_ok<EPI>(rows[r], g * RR + r, R, out, half)
+                         ? __ldg(scales + (size_t)rows[r] * ngroups + (tl * V) / group)
                          : 0.f;
     }
     constexpr int NW0 = PRE == ENG_PRE_RMSNORM ? V : 1;
     float nw0[NW0];
-    if (PRE == ENG_PRE_RMSNORM && (int)threadIdx.x < chunks)
+    if (PRE == ENG_PRE_RMSNORM && tl < chunks)
 #pragma unroll
         for (int sub = 0; sub < V / 8; sub++)
-            load8(norm + threadIdx.x * V + sub * 8, nw0 + sub * 8);
+            load8(norm + tl * V + sub * 8, nw0 + sub * 8);
     const int orow0 = (EPI ? blk * (R / 2) : blk * R) + (int)threadIdx.x / NR;
     if (FMT == ENG_W_I8 && (int)threadIdx.x < NOUT * NR) {
         if (orow0 < (EPI ? half : out)) rs0 = __ldg(scales + orow0);
         if (EPI && orow0 < half) rs0_up = __ldg(scales + half + orow0);
     }
     pdl_wait();
+    const unsigned long long tr1 = segs.trace ? trace_now() : 0;
     /* The residual this thread's first output adds to, in flight during the dot products. */
     float y0 = 0.f;
     if (ACC && !EPI && (int)threadIdx.x < NOUT * NR && orow0 < out)
         y0 = y[(size_t)((int)threadIdx.x % NR) * out + orow0];
-    float acc[R][NR], ss[NR];
+    float acc[RR][NR], ss[NR];
 #pragma unroll
-    for (int r = 0; r < R; r++)
+    for (int r = 0; r < RR; r++)
 #pragma unroll
         for (int n = 0; n < NR; n++) acc[r][n] = 0.f;
 #pragma unroll
     for (int n = 0; n < NR; n++) ss[n] = 0.f;
-    for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-        if (c != (int)threadIdx.x) {
+    for (int c = tl; c < chunks; c += tpg) {
+        if (c != tl) {
 #pragma unroll
-            for (int r = 0; r < R; r++)
-                q[r] = row_ok<EPI>(rows[r], r, R, out, half)
+            for (int r = 0; r < RR; r++)
+                q[r] = row_ok<EPI>(rows[r], g * RR + r, R, out, half)
                            ? __ldg(w + (size_t)rows[r] * chunks + c)
                            : make_uint4(0, 0, 0, 0);
         }
-        float sc[R];
+        float sc[RR];
         if (FMT == ENG_W_I4) {
 #pragma unroll
-            for (int r = 0; r < R; r++)
-                sc[r] = c == (int)threadIdx.x ? sc0[r]
-                        : row_ok<EPI>(rows[r], r, R, out, half)
+            for (int r = 0; r < RR; r++)
+                sc[r] = c == tl ? sc0[r]
+                        : row_ok<EPI>(rows[r], g * RR + r, R, out, half)
                             ? __ldg(scales + (size_t)rows[r] * ngroups + (c * V) / group)
                             : 0.f;
         }
@@ -178,7 +186,7 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
             }
             if (PRE == ENG_PRE_RMSNORM) {
                 float nw[8];
-                if (c == (int)threadIdx.x) {
+                if (c == tl) {
 #pragma unroll
                     for (int j = 0; j < 8; j++) nw[j] = nw0[(sub * 8 + j) % NW0];
                 } else {
@@ -193,7 +201,7 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
                     }
             }
 #pragma unroll
-            for (int r = 0; r < R; r++) {
+            for (int r = 0; r < RR; r++) {
                 float wf[V];
                 wload<FMT>::unpack(q[r], wf);
                 float part[NR];
@@ -209,15 +217,16 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
             }
         }
     }
-    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = blockDim.x / 32;
+    /* warps of group g hold the partial sums of its rows (tpg is a multiple of 32) */
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nwarps = tpg / 32;
 #pragma unroll
-    for (int r = 0; r < R; r++)
+    for (int r = 0; r < RR; r++)
 #pragma unroll
         for (int n = 0; n < NR; n++) {
             float v = warp_sum(acc[r][n]);
             if (lane == 0) s_part[warp][r * NR + n] = v;
         }
-    if (PRE == ENG_PRE_RMSNORM) {
+    if (PRE == ENG_PRE_RMSNORM && g == 0) { /* every group saw all of x once: group 0's */
 #pragma unroll
         for (int n = 0; n < NR; n++) {
             float v = warp_sum(ss[n]);
@@ -234,15 +243,17 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
             for (int k = 0; k < nwarps; k++) t += s_ss[k][n];
             scale_n = rsqrtf(t / (float)in + eps);
         }
+        /* row r's partial sums: local row r % RR of group r / RR's warps */
         float v = 0.f;
-        for (int k = 0; k < nwarps; k++) v += s_part[k][i];
+        for (int k = 0; k < nwarps; k++) v += s_part[r / RR * nwarps + k][r % RR * NR + n];
         int orow = EPI ? blk * (R / 2) + r : blk * R + r;
         if (FMT == ENG_W_I8 && orow < (EPI ? half : out)) v *= first ? rs0 : scales[orow];
         v *= scale_n;
         if (EPI) {
             if (orow >= half) continue;
             float u = 0.f;
-            for (int k = 0; k < nwarps; k++) u += s_part[k][(r + R / 2) * NR + n];
+            const int ru = r + R / 2;
+            for (int k = 0; k < nwarps; k++) u += s_part[ru / RR * nwarps + k][ru % RR * NR + n];
             if (FMT == ENG_W_I8) u *= first ? rs0_up : scales[half + orow];
             u *= scale_n;
             y[(size_t)n * half + orow] = silu_mul(v, u);
@@ -252,6 +263,11 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
             else
                 y[(size_t)n * out + orow] = v;
         }
+    }
+    if (segs.trace) {
+        __syncthreads();
+        if (threadIdx.x == 0)
+            trace_block(segs.trace, segs.trace_cap, (unsigned long long)segs.s[0].w, tr0, tr1);
     }
 }
 
@@ -775,24 +791,54 @@ static int gemv_threads(int chunks, int most) {
  * enough blocks to keep every SM streaming. */
 template <int FMT> struct rows_per_block { static constexpr int big = FMT == ENG_W_BF16 ? 4 : 8; };
 
-template <int FMT, int NR, int R, int PRE, int ACC, int EPI>
+template <int FMT, int NR, int R, int PRE, int ACC, int EPI, int RG = 1>
 static cudaError_t launch_k(const lin_set *set, const float *x, const float *norm, float eps,
                             cudaStream_t st) {
     const eng_weight *w = set->w[0];
     int64_t blocks;
     lin_segs segs = make_segs(set, EPI, 1, EPI ? R / 2 : R, &blocks);
-    int threads = gemv_threads((int)w->in / wload<FMT>::vals, GEMV_THREADS_FOR(FMT));
+    int threads = RG * gemv_threads((int)w->in / wload<FMT>::vals, GEMV_THREADS_FOR(FMT));
     cudaLaunchAttribute attr[2];
     cudaLaunchConfig_t cfg =
         pdl_cluster_config(dim3((unsigned)blocks), dim3((unsigned)threads), 0, st, attr, 1);
-    return cudaLaunchKernelEx(&cfg, k_gemv<FMT, NR, R, PRE, ACC, EPI>, segs, x, (int)w->in,
+    return cudaLaunchKernelEx(&cfg, k_gemv<FMT, NR, R, PRE, ACC, EPI, RG>, segs, x, (int)w->in,
                               w->group, norm, eps);
+}
+
+/* Row groups of a block (k_gemv's RG) at one or two rows of x: 2 when the grid fits the SMs at
+ * two blocks each (the decoder's 2048 x 2048 products at 8 rows a block: o_proj, cross q and
+ * cross o), else 1. Once the kernel in front is done, such a block has work for 256 threads
+ * instead of 128. More blocks than that (q/k/v, the logits) keep 1: their 128-thread blocks
+ * fit three an SM while the kernel in front still runs, so their weights are loaded before it
+ * ends (docs/perf-notes.md, session 10). VOXQ_CUDA_GEMV_RG = 1, 2 or 4 (read once, A/B timing)
+ * forces one count for every launch; never more than 512 threads a block. */
+template <int FMT, int NR, int R, int PRE, int ACC, int EPI>
+static cudaError_t launch_rg(const lin_set *set, const float *x, const float *norm, float eps,
+                             cudaStream_t st) {
+    static int forced = -1, sms;
+    if (forced < 0) {
+        forced = (int)cuda_env_knob("VOXQ_CUDA_GEMV_RG", 0, 0, 4);
+        int dev = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+            sms = 0;
+    }
+    int64_t blocks = 0;
+    for (int i = 0; i < set->count; i++) /* as make_segs counts them */
+        blocks += ((EPI ? set->w[i]->out / 2 : set->w[i]->out) + (EPI ? R / 2 : R) - 1) /
+                  (EPI ? R / 2 : R);
+    int rg = forced ? forced : blocks <= 2 * (int64_t)sms ? 2 : 1;
+    int tpg = gemv_threads((int)set->w[0]->in / wload<FMT>::vals, GEMV_THREADS_FOR(FMT));
+    while (rg > 1 && (tpg * rg > GEMV_MAX_THREADS || R % rg)) rg /= 2;
+    if (NR <= 2 && rg == 4) return launch_k<FMT, NR, R, PRE, ACC, EPI, (R % 4 ? 1 : 4)>(set, x, norm, eps, st);
+    if (NR <= 2 && rg == 2) return launch_k<FMT, NR, R, PRE, ACC, EPI, (R % 2 ? 1 : 2)>(set, x, norm, eps, st);
+    return launch_k<FMT, NR, R, PRE, ACC, EPI>(set, x, norm, eps, st);
 }
 
 /* Rows of W a k_gemv block owns for an integer format: 8 (RB), or VOXQ_CUDA_GEMV_ROWS = 2 or 4
  * read once (A/B timing). 8 whatever the matrix: in a decoder step the whole of a 2048 x 2048
- * weight is then in registers before its kernel waits on the one before (256 blocks of 128
- * threads, all resident); at 2 rows (1,024 blocks, the bf16 rule) int8 one sequence ran 983-989
+ * weight is then in registers before its kernel waits on the one before (256 blocks, all
+ * resident; 256 threads each since session 10's row groups); at 2 rows (1,024 blocks, the bf16 rule) int8 one sequence ran 983-989
  * steps/s, at 4 rows 1,055-1,065, at 8 rows 1,076-1,081 (H200, one call, session 8). */
 static int gemv_int_rows(void) {
     static int r = -1;
@@ -812,11 +858,11 @@ static cudaError_t launch_fmt(const lin_set *set, const float *x, const float *n
         int r = gemv_int_rows();
         if (r == 4) return launch_k<FMT, NR, 4, PRE, ACC, EPI>(set, x, norm, eps, st);
         if (r == 2) return launch_k<FMT, NR, 2, PRE, ACC, EPI>(set, x, norm, eps, st);
-        return launch_k<FMT, NR, RB, PRE, ACC, EPI>(set, x, norm, eps, st);
+        return launch_rg<FMT, NR, RB, PRE, ACC, EPI>(set, x, norm, eps, st);
     }
     int64_t out = 0;
     for (int i = 0; i < set->count; i++) out += set->w[i]->out;
-    if (out / RB >= 264) return launch_k<FMT, NR, RB, PRE, ACC, EPI>(set, x, norm, eps, st);
+    if (out / RB >= 264) return launch_rg<FMT, NR, RB, PRE, ACC, EPI>(set, x, norm, eps, st);
     return launch_k<FMT, NR, 2, PRE, ACC, EPI>(set, x, norm, eps, st);
 }
 

@@ -35,6 +35,8 @@ struct lin_seg {
 };
 struct lin_segs {
     lin_seg s[LIN_MAX_SEGS];
+    unsigned long long *trace; /* cuda_block_trace (debug; NULL: off) */
+    unsigned trace_cap;
 };
 
 /* The segment of block blk; blk becomes the block's index inside it. */
@@ -194,6 +196,8 @@ static inline lin_set lin_one(const eng_weight *w, float *y) {
 static inline lin_segs make_segs(const lin_set *set, int epi, int unit, int per, int64_t *blocks) {
     lin_segs segs;
     memset(&segs, 0, sizeof segs);
+    segs.trace = cuda_block_trace;
+    segs.trace_cap = cuda_block_trace_cap;
     int64_t b = 0;
     for (int i = 0; i < LIN_MAX_SEGS; i++) {
         lin_seg *sg = &segs.s[i];
