@@ -805,10 +805,11 @@ static cudaError_t launch_k(const lin_set *set, const float *x, const float *nor
                               w->group, norm, eps);
 }
 
-/* Row groups of a block (k_gemv's RG) at one or two rows of x: 2 when the grid fits the SMs at
- * two blocks each (the decoder's 2048 x 2048 products at 8 rows a block: o_proj, cross q and
- * cross o), else 1. Once the kernel in front is done, such a block has work for 256 threads
- * instead of 128. More blocks than that (q/k/v, the logits) keep 1: their 128-thread blocks
+/* Row groups of a block (k_gemv's RG) at one or two rows of x: as many as make the block the
+ * format's thread budget (256 for int8 / int4: 2 groups at int8, 4 at int4 for in = 2048) when
+ * the grid fits the SMs at two blocks each (the decoder's 2048 x 2048 products at 8 rows a
+ * block: o_proj, cross q and cross o), else 1. Once the kernel in front is done, such a block
+ * has work for 256 threads instead of 128 (int8). More blocks than that (q/k/v, the logits) keep 1: their 128-thread blocks
  * fit three an SM while the kernel in front still runs, so their weights are loaded before it
  * ends (docs/perf-notes.md, session 10). VOXQ_CUDA_GEMV_RG = 1, 2 or 4 (read once, A/B timing)
  * forces one count for every launch; never more than 512 threads a block. */
@@ -827,8 +828,9 @@ static cudaError_t launch_rg(const lin_set *set, const float *x, const float *no
     for (int i = 0; i < set->count; i++) /* as make_segs counts them */
         blocks += ((EPI ? set->w[i]->out / 2 : set->w[i]->out) + (EPI ? R / 2 : R) - 1) /
                   (EPI ? R / 2 : R);
-    int rg = forced ? forced : blocks <= 2 * (int64_t)sms ? 2 : 1;
     int tpg = gemv_threads((int)set->w[0]->in / wload<FMT>::vals, GEMV_THREADS_FOR(FMT));
+    int rg = forced ? forced : blocks <= 2 * (int64_t)sms ? GEMV_THREADS_FOR(FMT) / tpg : 1;
+    if (rg > 4) rg = 4;
     while (rg > 1 && (tpg * rg > GEMV_MAX_THREADS || R % rg)) rg /= 2;
     if (NR <= 2 && rg == 4) return launch_k<FMT, NR, R, PRE, ACC, EPI, (R % 4 ? 1 : 4)>(set, x, norm, eps, st);
     if (NR <= 2 && rg == 2) return launch_k<FMT, NR, R, PRE, ACC, EPI, (R % 2 ? 1 : 2)>(set, x, norm, eps, st);
