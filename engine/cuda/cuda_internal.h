@@ -92,9 +92,11 @@ __device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;"
 #endif
 
 /* Block trace (debug, VOXQ_CUDA_BLOCK_TRACE=records): the kernels handed cuda_block_trace
- * append one record a block, [tag, block | sm << 32, grid, %globaltimer at entry, after
- * pdl_wait, at exit], at slot buf[0]++ % cap (so the last cap records survive); the backend
- * writes them to VOXQ_CUDA_BLOCK_TRACE_OUT (CSV) when destroyed. NULL: off. */
+ * (k_gemv, k_mma) append one record a block, [tag, block | sm << 32, blocks, %globaltimer at
+ * entry, after pdl_wait, at exit], at slot buf[0]++ % cap (the last cap records survive, while
+ * fewer than 2^32 are written); the backend writes them to VOXQ_CUDA_BLOCK_TRACE_OUT (CSV) when
+ * destroyed. NULL: off. The kernels keep the first two times in shared memory, not registers:
+ * the trace must not change a kernel's register count (and so its residency) when off. */
 #define CUDA_TRACE_REC 6
 extern unsigned long long *cuda_block_trace;
 extern unsigned cuda_block_trace_cap;
@@ -111,10 +113,10 @@ __device__ __forceinline__ void trace_block(unsigned long long *buf, unsigned ca
     unsigned long long t2 = trace_now();
     unsigned sm;
     asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-    unsigned long long *r = buf + CUDA_TRACE_REC * (1 + atomicAdd(buf, 1ull) % cap);
+    unsigned long long *r = buf + CUDA_TRACE_REC * (1 + (unsigned)atomicAdd(buf, 1ull) % cap);
     r[0] = tag;
     r[1] = blockIdx.x | (unsigned long long)sm << 32;
-    r[2] = gridDim.x;
+    r[2] = (unsigned long long)gridDim.x * gridDim.y; /* blocks of the launch */
     r[3] = t0;
     r[4] = t1;
     r[5] = t2;

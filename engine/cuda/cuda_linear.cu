@@ -93,8 +93,13 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
     const float *__restrict__ scales = sg.scales;
     float *__restrict__ y = sg.y;
     int out = sg.out, half = out / 2;
-    /* this thread: group g (rows g RR ..), chunk tl of them, then tl + tpg, ... */
-    const int tpg = (int)blockDim.x / RG, g = (int)threadIdx.x / tpg, tl = (int)threadIdx.x % tpg;
+    /* this thread: group g (rows g RR ..), chunk tl of them, then tl + tpg, ... (no division:
+     * at RG = 1 this folds to the plain block) */
+    const int tpg = (int)blockDim.x / RG;
+    int g = 0;
+#pragma unroll
+    for (int i = 1; i < RG; i++) g += (int)threadIdx.x >= i * tpg;
+    const int tl = (int)threadIdx.x - g * tpg;
     int rows[RR];
 #pragma unroll
     for (int i = 0; i < RR; i++) {
@@ -103,7 +108,8 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
                       : blk * R + r;
     }
     int chunks = in / V, ngroups = FMT == ENG_W_I4 ? (in + group - 1) / group : 1;
-    const unsigned long long tr0 = segs.trace ? trace_now() : 0;
+    __shared__ unsigned long long s_tr[2]; /* VOXQ_CUDA_BLOCK_TRACE: not held in registers */
+    if (segs.trace && threadIdx.x == 0) s_tr[0] = trace_now();
     /* The weights do not depend on the previous kernel: start streaming them before waiting. */
     pdl_trigger();
     uint4 q[RR];
@@ -138,7 +144,7 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
         if (EPI && orow0 < half) rs0_up = __ldg(scales + half + orow0);
     }
     pdl_wait();
-    const unsigned long long tr1 = segs.trace ? trace_now() : 0;
+    if (segs.trace && threadIdx.x == 0) s_tr[1] = trace_now();
     /* The residual this thread's first output adds to, in flight during the dot products. */
     float y0 = 0.f;
     if (ACC && !EPI && (int)threadIdx.x < NOUT * NR && orow0 < out)
@@ -245,7 +251,8 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
         }
         /* row r's partial sums: local row r % RR of group r / RR's warps */
         float v = 0.f;
-        for (int k = 0; k < nwarps; k++) v += s_part[r / RR * nwarps + k][r % RR * NR + n];
+        for (int k = 0; k < nwarps; k++)
+            v += RG == 1 ? s_part[k][i] : s_part[r / RR * nwarps + k][r % RR * NR + n];
         int orow = EPI ? blk * (R / 2) + r : blk * R + r;
         if (FMT == ENG_W_I8 && orow < (EPI ? half : out)) v *= first ? rs0 : scales[orow];
         v *= scale_n;
@@ -253,7 +260,9 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
             if (orow >= half) continue;
             float u = 0.f;
             const int ru = r + R / 2;
-            for (int k = 0; k < nwarps; k++) u += s_part[ru / RR * nwarps + k][ru % RR * NR + n];
+            for (int k = 0; k < nwarps; k++)
+                u += RG == 1 ? s_part[k][ru * NR + n]
+                             : s_part[ru / RR * nwarps + k][ru % RR * NR + n];
             if (FMT == ENG_W_I8) u *= first ? rs0_up : scales[half + orow];
             u *= scale_n;
             y[(size_t)n * half + orow] = silu_mul(v, u);
@@ -267,7 +276,8 @@ k_gemv(const lin_segs segs, const float *__restrict__ x, int in, int group,
     if (segs.trace) {
         __syncthreads();
         if (threadIdx.x == 0)
-            trace_block(segs.trace, segs.trace_cap, (unsigned long long)segs.s[0].w, tr0, tr1);
+            trace_block(segs.trace, segs.trace_cap, (unsigned long long)segs.s[0].w, s_tr[0],
+                        s_tr[1]);
     }
 }
 
@@ -587,6 +597,8 @@ k_mma(const lin_segs segs, const float *__restrict__ x, int n, int in, int group
         if (C::NBUF == 2) load_chunk(c, s0 + 2 * U);
     };
 
+    __shared__ unsigned long long s_tr[2]; /* VOXQ_CUDA_BLOCK_TRACE: not held in registers */
+    if (segs.trace && threadIdx.x == 0) s_tr[0] = trace_now();
     /* The weights do not depend on the previous kernel: start streaming them before waiting. */
     pdl_trigger();
     mma_chunk<U> c0, c1;
@@ -603,6 +615,14 @@ k_mma(const lin_segs segs, const float *__restrict__ x, int n, int in, int group
     mma_out so, yo[YPRE ? NT : 1][2];
     if (gridDim.y == 1) mma_fetch_scales<FMT, EPI>(so, scales, mt, g, out);
     pdl_wait();
+    if (segs.trace && threadIdx.x == 0) s_tr[1] = trace_now();
+    auto trace_end = [&]() { /* VOXQ_CUDA_BLOCK_TRACE (debug) */
+        if (!segs.trace) return;
+        __syncthreads();
+        if (threadIdx.x == 0)
+            trace_block(segs.trace, segs.trace_cap, (unsigned long long)segs.s[0].w, s_tr[0],
+                        s_tr[1]);
+    };
     if (YPRE && gridDim.y == 1)
 #pragma unroll
         for (int j = 0; j < (YPRE ? NT : 1); j++)
@@ -632,6 +652,7 @@ k_mma(const lin_segs segs, const float *__restrict__ x, int n, int in, int group
                     mma_fetch_y<ACC, EPI>(o, y, mt, g, col, n, out);
                 mma_store2<ACC, EPI>(y, o, acc[j][e], acc[j][2 + e], mt, g, col, n, out, r);
             }
+        trace_end();
         return;
     }
     /* Split k: the cluster's blocks (blockIdx.y = rank) add their fragments through distributed
@@ -701,6 +722,7 @@ k_mma(const lin_segs segs, const float *__restrict__ x, int n, int in, int group
         }
     }
     cluster.sync(); /* keep this block's shared memory alive until every rank has read it */
+    trace_end();
 }
 
 /* Expands an int8/int4 weight to bf16 [out, in] for the cuBLAS path. */

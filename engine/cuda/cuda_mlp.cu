@@ -34,18 +34,26 @@
 
 #include "engine/cuda/cuda_mma.cuh"
 
-#define MLP_WARPS 8
-#define MLP_THREADS (MLP_WARPS * 32)
 #define MLP_MAX_ROWS 4
-/* The ring of one warp: MLP_RING slots of 16 rows x MLP_SLICE weight bytes (4 k-steps of 64
- * bytes in every format), each slot two halves of [16 rows][128 bytes] copied by a 2D tensor
- * map with the 128-byte swizzle: 16-byte chunk c of row r lies at chunk c ^ (r % 8) of its row,
- * so the eight rows of one fragment load hit eight different chunk columns; slots are 1024-byte
+/* The ring of one warp: RING slots of 16 rows x MLP_SLICE weight bytes (4 k-steps of 64 bytes
+ * in every format), each slot two halves of [16 rows][128 bytes] copied by a 2D tensor map with
+ * the 128-byte swizzle: 16-byte chunk c of row r lies at chunk c ^ (r % 8) of its row, so the
+ * eight rows of one fragment load hit eight different chunk columns; slots are 1024-byte
  * aligned. */
-#define MLP_RING 3
 #define MLP_SLICE 256
 #define MLP_SLOT (16 * MLP_SLICE)
-#define MLP_RING_BYTES (MLP_RING * MLP_SLOT)
+/* A block of W warps (8 or 16, VOXQ_CUDA_MLP_WARPS): eight gate_up m-tiles a block, each
+ * shared by KSPLIT = W / 8 warps that split its k range (their sums meet in shared memory before
+ * silu * up), and W slices of down's m-tile. 16 warps give each SM twice the threads for the
+ * same bytes, with 2 ring slots a warp instead of 3 (shared memory). */
+template <int W> struct mlp_cfg {
+    static constexpr int WARPS = W, THREADS = 32 * W, KSPLIT = W / 8;
+    static constexpr int RING = W >= 16 ? 2 : 3;
+    static constexpr int RING_BYTES = RING * MLP_SLOT;
+};
+/* Static shared memory a block may use beside the dynamic (s_red and the barriers: ~9 KB at 16
+ * warps). */
+#define MLP_STATIC_SMEM (12 * 1024)
 
 struct mlp_args {
     const float *sgu;         /* int8: [2F]; int4: [2F, H / group] (the weights: tensor maps) */
@@ -169,13 +177,13 @@ __device__ __forceinline__ void mlp_kstep(float *acc, uint4 wg, uint4 wg8, float
  * units lie in one row: len % 256 == 0). L2 loads (src was written by the kernel in front), all
  * of a thread's issued together (up to 8 units). nw0: nw at the thread's first unit, loaded
  * before the wait for that kernel (every unit at the same k uses it). */
-template <int FMT>
+template <int FMT, int THREADS>
 __device__ __forceinline__ void mlp_stage(__nv_bfloat16 *xs, int stride, const float *src,
                                           const float *nw, const float *nw0, float *s_ss, int n,
                                           int len) {
     int units = n * (len / 8), k0 = (int)threadIdx.x % (len / 8) * 8;
 #pragma unroll 8
-    for (int u = (int)threadIdx.x; u < units; u += MLP_THREADS) {
+    for (int u = (int)threadIdx.x; u < units; u += THREADS) {
         int row = u / (len / 8), k = (u - row * (len / 8)) * 8;
         const float4 *p = (const float4 *)(src + (size_t)row * len + k);
         float4 a = __ldcg(p), c = __ldcg(p + 1);
@@ -198,41 +206,42 @@ __device__ __forceinline__ void mlp_stage(__nv_bfloat16 *xs, int stride, const f
     }
 }
 
-template <int FMT>
-__global__ void __launch_bounds__(MLP_THREADS, 1)
+template <int FMT, int W>
+__global__ void __launch_bounds__(32 * W, 1)
 k_mlp(const mlp_args a, const __grid_constant__ CUtensorMap tgu,
       const __grid_constant__ CUtensorMap td) {
+    using C = mlp_cfg<W>;
     constexpr int V = mma_fmt<FMT>::V, KW = 4 * V, PAD = mma_fmt<FMT>::PAD;
     constexpr int KSTEPS = MLP_SLICE / 64; /* k-steps a slot (64 weight bytes a row each) */
-    constexpr int RING = MLP_RING, SLICE = MLP_SLICE;
+    constexpr int RING = C::RING, SLICE = MLP_SLICE, KSPLIT = C::KSPLIT;
     extern __shared__ __align__(128) unsigned char smem[];
     __shared__ float s_ss[MLP_MAX_ROWS];
-    __shared__ float4 s_red[MLP_WARPS][32];
-    __shared__ __align__(8) uint64_t s_full[MLP_WARPS][4 + 1]; /* + the scales' */
+    __shared__ float4 s_red[W][32];
+    __shared__ __align__(8) uint64_t s_full[W][4 + 1]; /* + the scales' */
     __shared__ __align__(8) uint64_t s_act;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int H = a.H, F = a.F, n = a.n;
-    /* int4 group scales a row: all of H (phase A), this warp's eighth of F (phase B) */
-    const int gpa = FMT == ENG_W_I4 ? H / a.group : 0, gpb = FMT == ENG_W_I4 ? F / 8 / a.group : 0;
+    /* int4 group scales a row: all of H (phase A), this warp's W-th of F (phase B) */
+    const int gpa = FMT == ENG_W_I4 ? H / a.group : 0, gpb = FMT == ENG_W_I4 ? F / W / a.group : 0;
     /* shared memory: the rings [warp][slot], the int4 scales [warp][16 rows of A, of B], staged
      * x / act */
     unsigned char *base = smem + ((1024 - (smem_u32(smem) & 1023)) & 1023);
-    unsigned char *ring = base + (size_t)warp * MLP_RING_BYTES;
-    float *scA = (float *)(base + (size_t)MLP_WARPS * MLP_RING_BYTES) +
-                 (size_t)warp * 16 * (gpa + gpb);
+    unsigned char *ring = base + (size_t)warp * C::RING_BYTES;
+    float *scA = (float *)(base + (size_t)W * C::RING_BYTES) + (size_t)warp * 16 * (gpa + gpb);
     float *scB = scA + 16 * gpa;
-    __nv_bfloat16 *xs = (__nv_bfloat16 *)(base + (size_t)MLP_WARPS * MLP_RING_BYTES +
-                                          (size_t)MLP_WARPS * 16 * (gpa + gpb) * 4);
+    __nv_bfloat16 *xs = (__nv_bfloat16 *)(base + (size_t)W * C::RING_BYTES +
+                                          (size_t)W * 16 * (gpa + gpb) * 4);
     uint64_t *full = s_full[warp];
 
-    /* This warp's work: gate_up m-tile mt (phase A: SA slots), down m-tile blockIdx.x (phase B:
-     * SB slots of its eighth of F). Weight bytes a row: rba (gate_up), rbb (down). */
-    /* weight bytes a row (64 a k-step in every format) */
+    /* This warp's work: part kp of the k range of gate_up m-tile mt (phase A: SA slots), down
+     * m-tile blockIdx.x (phase B: SB slots of its W-th of F). Weight bytes a row (64 a k-step in
+     * every format): rba (gate_up), rbb (down). */
     const int rba = H * 64 / KW, rbb = F * 64 / KW;
-    const int mt = (int)blockIdx.x * MLP_WARPS + warp, mtb = (int)blockIdx.x;
-    const int SA = mt < F / 8 ? rba / SLICE : 0;
-    const int SB = mtb < H / 16 ? rbb / 8 / SLICE : 0, S = SA + SB;
-    const int kb0 = warp * (rbb / 8 / 64); /* this warp's first k-step of down */
+    const int mt = (int)blockIdx.x * 8 + warp % 8, kp = warp / 8, mtb = (int)blockIdx.x;
+    const int SA = mt < F / 8 ? rba / SLICE / KSPLIT : 0;
+    const int SB = mtb < H / 16 ? rbb / W / SLICE : 0, S = SA + SB;
+    const int ka0 = kp * SA * KSTEPS;      /* this warp's first k-step of gate_up */
+    const int kb0 = warp * (rbb / W / 64); /* and of down */
     /* Slice j of this warp's range into slot j % RING: lane 0 copies the two 128-byte halves
      * (gate_up: its gate and its up rows as two boxes of 8, down: one box of 16). */
     auto issue = [&](int j) {
@@ -244,11 +253,11 @@ k_mlp(const mlp_args a, const __grid_constant__ CUtensorMap tgu,
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             if (j < SA) {
-                int xb = j * SLICE + h * 128;
+                int xb = (kp * SA + j) * SLICE + h * 128;
                 tma_2d(sl + h * 2048, &tgu, xb, 8 * mt, bar);
                 tma_2d(sl + h * 2048 + 1024, &tgu, xb, F + 8 * mt, bar);
             } else {
-                int xb = warp * (rbb / 8) + (j - SA) * SLICE + h * 128;
+                int xb = warp * (rbb / W) + (j - SA) * SLICE + h * 128;
                 tma_2d(sl + h * 2048, &td, xb, 16 * mtb, bar);
             }
         }
@@ -292,7 +301,7 @@ k_mlp(const mlp_args a, const __grid_constant__ CUtensorMap tgu,
     pdl_wait();
     /* x * norm staged as bf16, and the sums of squares of raw x (1/rms at the end) */
     const int stride_a = H + PAD, stride_b = F + PAD;
-    mlp_stage<FMT>(xs, stride_a, a.x, a.norm, nw0, s_ss, n, H);
+    mlp_stage<FMT, C::THREADS>(xs, stride_a, a.x, a.norm, nw0, s_ss, n, H);
     __syncthreads();
     trace_pt(a, 1);
     if (FMT == ENG_W_I4) mbar_wait(&full[RING], 0);
@@ -327,11 +336,23 @@ k_mlp(const mlp_args a, const __grid_constant__ CUtensorMap tgu,
     /* Phase A: silu(gate) * up of m-tile mt into act. */
     float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
     for (int j = 0; j < SA; j++)
-        run_slot(acc, j, stride_a, j * KSTEPS, scA, gpa, j * KSTEPS);
+        run_slot(acc, j, stride_a, ka0 + j * KSTEPS, scA, gpa, ka0 + j * KSTEPS);
+    if (KSPLIT > 1) { /* the m-tile's k parts meet in warp w % 8, added in a fixed order */
+        if (kp && SA)
+            s_red[warp][lane] = make_float4(acc[0][0] + acc[1][0], acc[0][1] + acc[1][1],
+                                            acc[0][2] + acc[1][2], acc[0][3] + acc[1][3]);
+        __syncthreads();
+        if (!kp && SA)
+#pragma unroll
+            for (int p = 1; p < KSPLIT; p++) {
+                float4 o = s_red[warp + 8 * p][lane];
+                acc[0][0] += o.x, acc[0][1] += o.y, acc[0][2] += o.z, acc[0][3] += o.w;
+            }
+    }
     /* act as bf16 rows [n][F] in the pair order of FMT (the staging phase B copies as is): output
      * q = 8 mt + g is element g of the group of 8 at 8 mt (int4: x0 x4 x1 x5 x2 x6 x3 x7). */
     __nv_bfloat16 *actb = (__nv_bfloat16 *)a.act;
-    if (SA) {
+    if (SA && !kp) {
         int q = 8 * mt + (FMT == ENG_W_I4 ? (g < 4 ? 2 * g : 2 * (g - 4) + 1) : g);
 #pragma unroll
         for (int e = 0; e < 2; e++) {
@@ -351,7 +372,7 @@ k_mlp(const mlp_args a, const __grid_constant__ CUtensorMap tgu,
     grid_barrier(a.bar);
     trace_pt(a, 3);
 
-    /* Phase B: this warp's eighth of down m-tile blockIdx.x against act, copied into the
+    /* Phase B: this warp's W-th of down m-tile blockIdx.x against act, copied into the
      * staging as it is (bf16 rows of F + PAD). */
     if (mtb >= H / 16) return;
     if (threadIdx.x == 0) {
@@ -377,7 +398,7 @@ k_mlp(const mlp_args a, const __grid_constant__ CUtensorMap tgu,
         int ln = 4 * (r % 8) + c / 2, e = (r >= 8 ? 2 : 0) + c % 2;
         float sum = 0.f;
 #pragma unroll
-        for (int w = 0; w < MLP_WARPS; w++) sum += ((const float *)&s_red[w][ln])[e];
+        for (int w = 0; w < W; w++) sum += ((const float *)&s_red[w][ln])[e];
         a.x[(size_t)c * H + 16 * mtb + r] += sum * s_down;
     }
     if (a.trace && threadIdx.x == 0) {
@@ -405,9 +426,9 @@ k_mlp(const mlp_args a, const __grid_constant__ CUtensorMap tgu,
  * (session 7, one call; the row copies are in git history, 6d4e50c).
  * Shared memory of a launch: the rings (1024-byte aligned: 1 KB of slack), the int4 scales, the
  * larger of the two stagings (rows padded as mma_fmt pads them). */
-static size_t mlp_smem(int fmt, int64_t n, int64_t H, int64_t F, int group) {
-    int64_t ring = (int64_t)MLP_WARPS * MLP_RING_BYTES + 1024;
-    int64_t scales = fmt == ENG_W_I4 ? MLP_WARPS * 16 * (H / group + F / 8 / group) * 4 : 0;
+static size_t mlp_smem(int fmt, int64_t n, int64_t H, int64_t F, int group, int w) {
+    int64_t ring = (int64_t)w * (w >= 16 ? mlp_cfg<16>::RING_BYTES : mlp_cfg<8>::RING_BYTES) + 1024;
+    int64_t scales = fmt == ENG_W_I4 ? w * 16 * (H / group + F / w / group) * 4 : 0;
     int64_t pad = fmt == ENG_W_BF16 ? mma_fmt<ENG_W_BF16>::PAD : mma_fmt<ENG_W_I8>::PAD;
     int64_t stage = n * ((H > F ? H : F) + pad) * 2;
     return (size_t)(ring + scales + stage);
@@ -468,12 +489,13 @@ static int64_t mlp_row_bytes(int fmt, int64_t in) {
     return in * 64 / (fmt == ENG_W_I4 ? 128 : fmt == ENG_W_I8 ? 64 : 32);
 }
 
-/* The shapes k_mlp takes: bf16, int8 or int4 (both weights), 1-4 rows, whole slices of every
- * row (gate_up's, and an eighth of down's), one gate_up m-tile a warp and one down m-tile a
- * block of a grid of one block an SM, int4 groups of whole k-steps that split neither range, the
- * shared memory, and the driver's tensor-map encoder. */
+/* The shapes k_mlp of w warps takes: bf16, int8 or int4 (both weights), 1-4 rows, whole slices
+ * of every row (gate_up's w / 8 parts, and down's w-ths), eight gate_up m-tiles and one down
+ * m-tile a block of a grid of one block an SM, int4 groups of whole k-steps that split no range,
+ * the shared memory, and the driver's tensor-map encoder. */
 static int mlp_shape_ok(const cuda_impl *c, const eng_tensor *x, const eng_tensor *act,
-                        const eng_weight *gu, const eng_weight *down, const eng_tensor *norm) {
+                        const eng_weight *gu, const eng_weight *down, const eng_tensor *norm,
+                        int w) {
     if (x->dtype != ENG_DT_F32 || act->dtype != ENG_DT_F32 ||
         norm->dtype != ENG_DT_F32 || x->ndim < 2)
         return 0;
@@ -483,34 +505,57 @@ static int mlp_shape_ok(const cuda_impl *c, const eng_tensor *x, const eng_tenso
     int64_t rba = mlp_row_bytes(fmt, H), rbb = mlp_row_bytes(fmt, F);
     if (n < 1 || n > MLP_MAX_ROWS || gu->out != 2 * F || down->out != H) return 0;
     if (eng_numel(x) != n * H || eng_numel(act) != n * F || eng_numel(norm) != H) return 0;
-    if (H % 256 || F % 256 || rba % MLP_SLICE || (rbb / 8) % MLP_SLICE ||
-        H / 16 > c->sm_count || F / 8 > (int64_t)c->sm_count * MLP_WARPS)
+    if (H % 256 || F % 256 || rba % (MLP_SLICE * (w / 8)) || (rbb / w) % MLP_SLICE ||
+        H / 16 > c->sm_count || F / 8 > (int64_t)c->sm_count * 8)
         return 0;
     if (fmt == ENG_W_I4) {
         int gr = gu->group;
-        if (gr <= 0 || gr % 128 || down->group != gr || H % gr || (F / 8) % gr ||
-            (H / gr) % 4 || (F / 8 / gr) % 4)
+        if (gr <= 0 || gr % 128 || down->group != gr || H % gr || (F / w) % gr ||
+            (H / gr) % 4 || (F / w / gr) % 4)
             return 0;
     }
-    return mlp_smem(fmt, n, H, F, gu->group) + 8 * 1024 <= c->smem_optin;
+    return mlp_smem(fmt, n, H, F, gu->group, w) + MLP_STATIC_SMEM <= c->smem_optin;
 }
 
-template <int FMT>
+/* Warps a k_mlp block: 16 for int8 and int4, 8 for bf16 (one sequence, steps/s, one call:
+ * int8 1,189.7 / 1,187.9 against 1,151.6 / 1,162.4, int4 1,059.6 / 1,057.9 against 1,057.0 /
+ * 1,049.5, bf16 886.0 / 887.3 against 898.5 / 897.1; session 10). VOXQ_CUDA_MLP_WARPS = 8 or
+ * 16 (read once; A/B timing) forces one for every format. */
+static int mlp_warps(int fmt) {
+    static int forced = -1;
+    if (forced < 0) {
+        long v = cuda_env_knob("VOXQ_CUDA_MLP_WARPS", 0, 0, 16);
+        forced = v == 8 || v == 16 ? (int)v : 0;
+    }
+    return forced ? forced : fmt == ENG_W_BF16 ? 8 : 16;
+}
+
+template <int FMT, int W>
 static cudaError_t launch_mlp(cuda_impl *c, const mlp_args &a, const CUtensorMap *tm,
                               size_t smem) {
     static unsigned done;
-    cudaError_t e = smem_optin(k_mlp<FMT>, 227 * 1024 - 8 * 1024, &done);
+    cudaError_t e = smem_optin(k_mlp<FMT, W>, 227 * 1024 - MLP_STATIC_SMEM, &done);
     if (e != cudaSuccess) return e;
     cudaLaunchAttribute attr[2];
-    cudaLaunchConfig_t cfg = pdl_cluster_config(dim3((unsigned)c->sm_count), dim3(MLP_THREADS),
-                                                smem, c->stream, attr, 1);
-    return cudaLaunchKernelEx(&cfg, k_mlp<FMT>, a, tm[0], tm[1]);
+    cudaLaunchConfig_t cfg = pdl_cluster_config(dim3((unsigned)c->sm_count), dim3(32 * W), smem,
+                                                c->stream, attr, 1);
+    return cudaLaunchKernelEx(&cfg, k_mlp<FMT, W>, a, tm[0], tm[1]);
+}
+
+template <int W>
+static cudaError_t launch_mlp_fmt(cuda_impl *c, int fmt, const mlp_args &a, const CUtensorMap *tm,
+                                  size_t smem) {
+    return fmt == ENG_W_I8   ? launch_mlp<ENG_W_I8, W>(c, a, tm, smem)
+           : fmt == ENG_W_I4 ? launch_mlp<ENG_W_I4, W>(c, a, tm, smem)
+                             : launch_mlp<ENG_W_BF16, W>(c, a, tm, smem);
 }
 
 int cuda_mlp(eng_backend *be, eng_tensor *x, eng_tensor *act, const eng_weight *gate_up,
              const eng_weight *down, const eng_tensor *norm, float eps) {
     cuda_impl *c = cuda_of(be);
-    if (!mlp_shape_ok(c, x, act, gate_up, down, norm)) return ENG_EUNSUPPORTED;
+    int w = mlp_warps(gate_up->fmt);
+    if (w == 16 && !mlp_shape_ok(c, x, act, gate_up, down, norm, w)) w = 8;
+    if (!mlp_shape_ok(c, x, act, gate_up, down, norm, w)) return ENG_EUNSUPPORTED;
     mlp_args a;
     a.sgu = gate_up->scales;
     a.sd = down->scales;
@@ -537,10 +582,9 @@ int cuda_mlp(eng_backend *be, eng_tensor *x, eng_tensor *act, const eng_weight *
         tmap_rows(&tm[1], down->data, mlp_row_bytes(down->fmt, a.F), a.H, 16))
         return eng_backend_fail(be, ENG_EDEVICE, "mlp: the driver refused a tensor map of the "
                                 "weights (%lld x %lld)", (long long)a.H, (long long)a.F);
-    size_t smem = mlp_smem(gate_up->fmt, a.n, a.H, a.F, a.group);
-    cudaError_t e = gate_up->fmt == ENG_W_I8   ? launch_mlp<ENG_W_I8>(c, a, tm, smem)
-                    : gate_up->fmt == ENG_W_I4 ? launch_mlp<ENG_W_I4>(c, a, tm, smem)
-                                               : launch_mlp<ENG_W_BF16>(c, a, tm, smem);
+    size_t smem = mlp_smem(gate_up->fmt, a.n, a.H, a.F, a.group, w);
+    cudaError_t e = w == 16 ? launch_mlp_fmt<16>(c, gate_up->fmt, a, tm, smem)
+                            : launch_mlp_fmt<8>(c, gate_up->fmt, a, tm, smem);
     if (e != cudaSuccess)
         return eng_backend_fail(be, ENG_EDEVICE, "mlp: launch: %s", cudaGetErrorString(e));
     return 0;

@@ -1,10 +1,10 @@
 #!/bin/sh
 # Where each hop of a one-sequence decoder step spends its time, block by block: voxq-bench runs
 # under the CUPTI kernel tracer (libvoxq_trace.so, as trace-step.sh) with VOXQ_CUDA_BLOCK_TRACE
-# on, so every FFMA GEMV block (k_gemv) also records its SM and %globaltimer at start, after
-# griddepcontrol.wait and at its end. The records are matched to the kernels of the last three
-# steps (per weight, in launch order) and, per kernel position in a layer, the medians over the
-# layers are printed in µs from the end of the kernel in front: launch, first / last block
+# on, so every block of the small products (k_gemv, k_mma) also records its SM and %globaltimer
+# at start, after griddepcontrol.wait and at its end. The records are matched to the kernels of
+# the last three steps (per weight, in launch order) and, per kernel position in a layer, the
+# medians over the layers are printed in µs from the end of the kernel in front: launch, first / last block
 # start, first / median / last wait return, median / last block end, kernel end; then the
 # median and largest time a block runs after its wait. The trace itself slows the step (one
 # atomic a block): compare positions inside one run, not against untraced steps.
@@ -31,7 +31,8 @@ kern_path, blk_path = sys.argv[1], sys.argv[2]
 kernels = []  # the CUPTI tracer's rows: start, end, correlation id, ..., grid, ..., name
 for r in csv.reader(open(kern_path)):
     if r and r[0].isdigit():
-        kernels.append(dict(s=int(r[0]), e=int(r[1]), corr=int(r[2]), grid=int(r[4]), name=r[7]))
+        kernels.append(dict(s=int(r[0]), e=int(r[1]), corr=int(r[2]), grid=int(r[4]) * int(r[5]),
+                            name=r[7]))
 blocks = [dict(tag=r['tag'], grid=int(r['grid']), t0=int(r['t_start']), t1=int(r['t_wait']),
                t2=int(r['t_end'])) for r in csv.DictReader(open(blk_path))]
 if not blocks:
@@ -42,8 +43,9 @@ for k in kernels:
     steps[k['corr']].append(k)
 size = max(len(v) for v in steps.values())
 full = sorted((v for v in steps.values() if len(v) == size), key=lambda v: v[0]['s'])
-# %globaltimer and CUPTI's clock differ by an offset: line up the last GEMV's end, then match.
-off = max(k['e'] for k in kernels if 'k_gemv' in k['name']) - max(b['t2'] for b in blocks)
+# %globaltimer and CUPTI's clock differ by an offset: line up the last product's end, then match.
+traced = ('k_gemv', 'k_mma')
+off = max(k['e'] for k in kernels if any(t in k['name'] for t in traced)) - max(b['t2'] for b in blocks)
 for b in blocks:
     for f in ('t0', 't1', 't2'):
         b[f] += off
@@ -65,18 +67,19 @@ launches = sorted((l for l in launches if len(l) == l[0]['grid']), key=lambda l:
 lo = min(b['t0'] for b in blocks)
 covered = [v for v in full if v[0]['s'] >= lo]
 def short(name):
-    for pat, tag in (('k_gemv', 'gemv'), ('k_mlp', 'mlp'), ('k_attention_decode', 'attention'),
-                     ('k_sample', 'sample'), ('k_embed', 'embed')):
+    for pat, tag in (('k_gemv', 'gemv'), ('k_mma', 'mma'), ('k_mlp', 'mlp'),
+                     ('k_attention_decode', 'attention'), ('k_sample', 'sample'),
+                     ('k_embed', 'embed')):
         if pat in name:
             return tag
     return name[:16]
 res = collections.defaultdict(list)
 for v in covered[-3:]:
     ks = sorted(v, key=lambda k: k['s'])
-    gi = [i for i, k in enumerate(ks) if 'k_gemv' in k['name']]
+    gi = [i for i, k in enumerate(ks) if any(t in k['name'] for t in traced)]
     mine = [l for l in launches if ks[0]['s'] - 20000 <= l[0]['t0'] <= ks[-1]['e']]
     if len(mine) != len(gi):
-        print('block-trace: a step with %d GEMV launches and %d traced ones, skipped'
+        print('block-trace: a step with %d product launches and %d traced ones, skipped'
               % (len(gi), len(mine)))
         continue
     for i, recs in zip(gi, mine):
@@ -87,15 +90,15 @@ for v in covered[-3:]:
         t2 = sorted(b['t2'] - pe for b in recs)
         run = sorted(b['t2'] - b['t1'] for b in recs)
         where = 'logits' if i == len(ks) - 2 else 'layer pos %d' % ((i - 1) % 7)
-        res[(where, k['grid'], short(prev['name']))].append(
+        res[(where, short(k['name']), k['grid'], short(prev['name']))].append(
             (k['s'] - pe, t0[0], t0[-1], t1[0], st.median(t1), t1[-1], st.median(t2), t2[-1],
              k['e'] - pe, st.median(run), run[-1]))
 print('µs from the end of the kernel in front (negative: before it ended), medians over layers')
-print('%-12s %5s %-9s %3s' % ('gemv', 'grid', 'after', 'n') +
+print('%-12s %-4s %5s %-9s %3s' % ('hop', 'kern', 'grid', 'after', 'n') +
       ' launch start0 startN  wait0 waitMd  waitN  endMd   endN  k_end |  runMd  runMx')
 for key in sorted(res):
     v = res[key]
     med = [st.median(x[j] for x in v) / 1000 for j in range(11)]
-    print('%-12s %5d %-9s %3d' % (key[0], key[1], key[2], len(v)) +
+    print('%-12s %-4s %5d %-9s %3d' % (key + (len(v),)) +
           ''.join(' %6.2f' % m for m in med[:9]) + ' | ' + ' '.join('%6.2f' % m for m in med[9:]))
 PY
